@@ -1,0 +1,396 @@
+"""
+PEP 3333 for one exchange, on a worker thread: ``environ``, ``start_response``,
+``wsgi.input``, ``wsgi.file_wrapper``, and the loop that runs the application and frames
+its response.
+
+Nothing here touches the transport.  Output leaves through ``emit(exchange, data, end)``,
+which queues bytes for the reactor thread (see worker.Handoff); backpressure from a slow
+client reaches the application by ``emit`` blocking.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any, Callable, Iterable, Optional
+
+from twisted.logger import Logger
+
+from .exchange import (
+    ABORT, CLOSE, CONTINUE_100, DONE, LAST_CHUNK, MORE, RESUME, SERVER_SOFTWARE,
+    ClientDisconnected, Exchange, HTTPError, chunk, date_header, error_response,
+)
+
+log = Logger(namespace="yimmo.context")
+
+# RFC 9110 5.1 token, and the characters that must never reach the wire in a field value
+# (CTLs but HTAB; CR and LF would let an app split the response).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_STATUS = re.compile(r"[1-9][0-9][0-9] [^\x00-\x08\x0a-\x1f\x7f]*\Z")
+
+# Hop-by-hop headers belong to the server (PEP 3333 "Other HTTP Features"); an app that
+# sends them anyway is ignored rather than failed, as gunicorn does, except that
+# "Connection: close" is honoured.
+_HOP_BY_HOP = frozenset((
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+    "trailer", "transfer-encoding", "upgrade",
+))
+
+_SERVER_LINE = b"Server: " + SERVER_SOFTWARE.encode("ascii") + b"\r\n"
+
+
+class InputStream:
+    """``wsgi.input``: reads the request body, never past its end, streaming as it arrives."""
+
+    __slots__ = ("_exchange", "_body", "_buf", "_resume", "_emit")
+
+    def __init__(self, exchange: Exchange, emit: Callable) -> None:
+        self._exchange = exchange
+        self._body = exchange.body
+        self._buf = b""
+        self._emit = emit
+        self._resume = lambda: emit(exchange, None, RESUME)
+
+    def _pull(self) -> bytes:
+        """The next chunk from the client (b"" at the end of the body)."""
+        body = self._body
+        if body is None:
+            return b""
+        ex = self._exchange
+        if ex.expect_continue and not ex.continue_sent:
+            # The app wants the body: now is the time to tell the client to send it.
+            ex.continue_sent = True
+            self._emit(ex, CONTINUE_100, MORE)
+        return body.take(self._resume)
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        if size is None or size < 0:
+            parts = [self._buf]
+            self._buf = b""
+            while True:
+                data = self._pull()
+                if not data:
+                    return b"".join(parts)
+                parts.append(data)
+        while len(self._buf) < size:
+            data = self._pull()
+            if not data:
+                break
+            self._buf += data
+        data, self._buf = self._buf[:size], self._buf[size:]
+        return data
+
+    def readline(self, size: Optional[int] = -1) -> bytes:
+        limit = size if size is not None and size >= 0 else sys.maxsize
+        while True:
+            nl = self._buf.find(b"\n", 0, limit)
+            if nl >= 0:
+                end = nl + 1
+                break
+            if len(self._buf) >= limit:
+                end = limit
+                break
+            data = self._pull()
+            if not data:
+                end = len(self._buf)
+                break
+            self._buf += data
+        line, self._buf = self._buf[:end], self._buf[end:]
+        return line
+
+    def readlines(self, hint: Optional[int] = -1) -> list:
+        lines = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                return lines
+
+    def __iter__(self) -> "InputStream":
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+class ErrorStream:
+    """``wsgi.errors``: text written here goes to the log, a line at a time."""
+
+    _log = Logger(namespace="yimmo.app")
+
+    def write(self, text: str) -> None:
+        text = text.rstrip("\n")
+        if text:
+            self._log.error("{text}", text=text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: iterates a file in blocks, never reading it whole."""
+
+    def __init__(self, filelike: Any, blksize: int = 65536) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> "FileWrapper":
+        return self
+
+    def __next__(self) -> bytes:
+        data = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise StopIteration
+
+
+def _reject(message: str) -> None:
+    raise ValueError("start_response: " + message)
+
+
+class Context:
+    """
+    The running of one exchange by the application: what ``yimmo.Context`` is in the
+    C server.  Created and used on one worker thread.
+    """
+
+    __slots__ = (
+        "exchange", "emit", "status", "headers", "head", "head_sent", "content_length",
+        "chunked", "sent", "keep_alive", "no_body",
+    )
+
+    def __init__(self, exchange: Exchange, emit: Callable) -> None:
+        self.exchange = exchange
+        self.emit = emit
+        self.status: Optional[str] = None
+        self.headers: Optional[list] = None
+        self.head_sent = False
+
+    # -- PEP 3333 callables ----------------------------------------------------------
+
+    def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable:
+        if exc_info is not None:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # no reference cycle through the traceback
+        elif self.status is not None:
+            raise AssertionError("start_response called twice without exc_info")
+        if type(status) is not str:
+            _reject("status must be str, got %r" % (status,))
+        if not _STATUS.match(status):
+            _reject("invalid status %r" % (status,))
+        if type(headers) is not list:
+            _reject("headers must be a list, got %r" % (type(headers).__name__,))
+        for item in headers:
+            if type(item) is not tuple or len(item) != 2:
+                _reject("header %r is not a (name, value) tuple" % (item,))
+            name, value = item
+            if type(name) is not str or not _TOKEN.match(name):
+                _reject("invalid header name %r" % (name,))
+            if type(value) is not str or _BAD_VALUE.search(value):
+                _reject("invalid value for header %r: %r" % (name, value))
+            try:
+                value.encode("latin-1")
+            except UnicodeEncodeError:
+                _reject("header %r is not latin-1: %r" % (name, value))
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The legacy write() callable: output before the iterable's."""
+        if self.status is None:
+            raise AssertionError("write() before start_response()")
+        if type(data) is not bytes:
+            raise TypeError("write() takes bytes, got %r" % (type(data).__name__,))
+        if self.exchange.session.gone:
+            raise ClientDisconnected("client disconnected")
+        self._send(data, None)
+
+    # -- framing ---------------------------------------------------------------------
+
+    def _head(self, total: Optional[int]) -> bytes:
+        """
+        The response head.  ``total`` is the whole body's length when known before the
+        first byte is sent (a list body, or an empty one); it decides the framing when
+        the app gave no Content-Length.
+        """
+        ex = self.exchange
+        code = int(self.status[:3])
+        self.no_body = no_body = ex.head_only or code < 200 or code == 204 or code == 304
+        keep_alive = ex.keep_alive
+        lines = [b"HTTP/1.1 ", self.status.encode("latin-1"), b"\r\n"]
+        length = None
+        server = date = True
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname in _HOP_BY_HOP:
+                if lname == "connection" and "close" in value.lower():
+                    keep_alive = False
+                continue
+            if lname == "content-length":
+                try:
+                    length = int(value)
+                    if length < 0 or not value.strip().isdigit():
+                        raise ValueError
+                except ValueError:
+                    raise ValueError("start_response: invalid Content-Length %r" % value)
+                if no_body and code < 200 or code == 204:
+                    continue  # RFC 9110 8.6: never on 1xx and 204
+            elif lname == "server":
+                server = False
+            elif lname == "date":
+                date = False
+            lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+        self.chunked = False
+        if length is None and not (code < 200 or code == 204):
+            if total is not None and (not no_body or ex.head_only):
+                length = total
+                lines.append(b"Content-Length: %d\r\n" % total)
+            elif not no_body:
+                if ex.http11:
+                    self.chunked = True
+                    lines.append(b"Transfer-Encoding: chunked\r\n")
+                else:
+                    keep_alive = False  # HTTP/1.0: the body ends when the connection does
+        self.content_length = None if no_body else length
+        if server:
+            lines.append(_SERVER_LINE)
+        if date:
+            lines.append(date_header())
+        if not keep_alive:
+            lines.append(b"Connection: close\r\n\r\n")
+        elif not ex.http11:
+            lines.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            lines.append(b"\r\n")
+        self.keep_alive = keep_alive
+        self.sent = 0
+        self.head_sent = True
+        return b"".join(lines)
+
+    def _frame(self, data: bytes) -> bytes:
+        """Body bytes as they go on the wire: honouring Content-Length, chunked or not."""
+        if self.no_body:
+            return b""
+        length = self.content_length
+        if length is not None:
+            room = length - self.sent
+            if len(data) > room:
+                log.warn("{path}: app sent more than its Content-Length {n}; extra dropped",
+                         path=self.exchange.environ.get("PATH_INFO"), n=length)
+                data = data[:room]
+            self.sent += len(data)
+            return data
+        self.sent += len(data)
+        return chunk(data) if self.chunked else data
+
+    def _send(self, data: bytes, total: Optional[int]) -> None:
+        if not data:
+            return
+        if self.head_sent:
+            out = self._frame(data)
+            if out:
+                self.emit(self.exchange, out, MORE)
+        else:
+            self.emit(self.exchange, self._head(total) + self._frame(data), MORE)
+
+    def _finish(self, total: Optional[int]) -> None:
+        """Complete the response: the head if not yet sent, the last chunk, the end code."""
+        tail = b""
+        if not self.head_sent:
+            tail = self._head(0 if total is None else total)
+        if self.chunked:
+            tail += LAST_CHUNK
+        if self.content_length is not None and self.sent < self.content_length:
+            # The app promised more than it gave: the client must see a cut-off body.
+            log.warn("{path}: app sent {sent} of its Content-Length {n}; closing",
+                     path=self.exchange.environ.get("PATH_INFO"), sent=self.sent,
+                     n=self.content_length)
+            self.emit(self.exchange, tail, CLOSE)
+            return
+        self.emit(self.exchange, tail, DONE if self.keep_alive else CLOSE)
+
+    # -- running the app --------------------------------------------------------------
+
+    def run(self, app: Callable) -> None:
+        """Run the application for this exchange and send its whole response."""
+        ex = self.exchange
+        environ = ex.environ
+        environ["wsgi.input"] = InputStream(ex, self.emit)
+        result = None
+        try:
+            result = app(environ, self.start_response)
+            if self.status is None:
+                raise AssertionError("the application returned without calling start_response")
+            if type(result) in (list, tuple) and not self.head_sent:
+                # A whole body known up front gets a Content-Length instead of chunking.
+                total = 0
+                for data in result:
+                    if type(data) is not bytes:
+                        raise TypeError("the body must yield bytes, got %r" % type(data).__name__)
+                    total += len(data)
+                if total == 0 or self.exchange.head_only:
+                    self._finish(total)
+                    return
+                for data in result:
+                    self._send(data, total)
+                    if ex.session.gone:
+                        return
+                self._finish(total)
+                return
+            session = ex.session
+            for data in result:
+                if type(data) is not bytes:
+                    raise TypeError("the body must yield bytes, got %r" % type(data).__name__)
+                if session.gone:
+                    return
+                self._send(data, None)
+            self._finish(None)
+        except ClientDisconnected:
+            log.debug("client went away during {path}", path=environ.get("PATH_INFO"))
+        except HTTPError as e:
+            # Raised by wsgi.input: the request body turned out bad (too large, malformed,
+            # timed out).  The app did not catch it, so the client gets that status.
+            self._fail(e.status, e.reason, None)
+        except Exception:
+            self._fail(500, "", sys.exc_info())
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.failure("close() of the response of {path} failed",
+                                path=environ.get("PATH_INFO"))
+            if ex.body is not None:
+                ex.body.release()
+
+    def _fail(self, status: int, reason: str, exc_info: Any) -> None:
+        ex = self.exchange
+        if exc_info is not None:
+            log.failure("error in the application for {method} {path}",
+                        method=ex.environ.get("REQUEST_METHOD"), path=ex.environ.get("PATH_INFO"))
+        if ex.session.gone:
+            return
+        if self.head_sent:
+            # Too late for an error status: cutting the connection is the only honest signal.
+            self.emit(ex, b"", ABORT)
+        else:
+            self.emit(ex, error_response(status, reason, head_only=ex.head_only), CLOSE)

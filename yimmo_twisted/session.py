@@ -1,0 +1,452 @@
+"""
+The session: the HTTP/1.x protocol of one connection, on the reactor thread.
+
+Bytes go to httptools (llhttp, strict mode) and come out as exchanges that are dispatched
+to workers.  Responses come back through ``deliver`` and are written in request order:
+while a session has an exchange in flight, its later (pipelined) exchanges go to the same
+worker's queue, so they run one at a time and their output arrives in order.
+
+Everything about refusing input lives here: limits, timeouts, framing errors.  A refused
+request gets its 4xx after the responses to the requests before it; nothing after it is
+processed, and the connection closes.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from time import monotonic
+from typing import TYPE_CHECKING, List, Optional
+from urllib.parse import unquote_to_bytes
+
+from httptools import (
+    HttpParserCallbackError, HttpParserError, HttpParserInvalidMethodError,
+    HttpParserUpgrade, HttpRequestParser, parse_url,
+)
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .exchange import (
+    ABORT, CLOSE, RESUME, ClientDisconnected, Exchange, HTTPError, RequestBody,
+    error_response,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .server import Server
+
+log = Logger(namespace="yimmo.session")
+
+# Why reading from the client is paused (a bit each; reading resumes when none is left).
+_PAUSE_BODY = 1  # the app reads the body slower than the client sends it
+_PAUSE_PIPELINE = 2  # too many requests of this connection queued
+
+# The request phase, for timeouts.
+_IDLE, _HEAD, _BODY, _APP, _LINGER = range(5)
+
+# Header name as sent -> environ key ("" for a name that is dropped).  Bounded, because
+# names are chosen by clients.
+_KEYS = {b"Content-Type": "CONTENT_TYPE", b"content-type": "CONTENT_TYPE",
+         b"Content-Length": "CONTENT_LENGTH", b"content-length": "CONTENT_LENGTH"}
+_KEYS_MAX = 1024
+
+_METHODS = {}  # bytes -> str, for the methods llhttp knows (a closed set)
+
+_TOKEN_SP = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ ")
+
+
+def _header_key(name: bytes) -> str:
+    lower = name.lower()
+    if lower == b"content-type":
+        key = "CONTENT_TYPE"
+    elif lower == b"content-length":
+        key = "CONTENT_LENGTH"
+    elif b"_" in name:
+        # "X_Forwarded_For" would become HTTP_X_FORWARDED_FOR, the key a proxy's
+        # "X-Forwarded-For" maps to: drop it rather than let it pose as that (as nginx
+        # and gunicorn do).
+        key = ""
+    else:
+        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+    if len(_KEYS) < _KEYS_MAX:
+        _KEYS[name] = key
+    return key
+
+
+@implementer(IPushProducer)
+class HTTPSession(Protocol):
+    """One connection.  Also the push producer its transport pauses when the client is slow."""
+
+    def __init__(self, server: "Server") -> None:
+        self.server = server
+        self.settings = server.settings
+        self._parser = HttpRequestParser(self)
+        # Output, shared with the worker writing this session's response.
+        self.gone = False  # no more output will be delivered
+        self.paused = False  # the transport's buffer is full
+        self.produced = 0  # bytes handed off by workers (written by workers only)
+        self.consumed = 0  # bytes written to the transport (written by the reactor only)
+        self.writer_waiting = False
+        self.writable = threading.Event()
+        # Exchanges.
+        self.inflight = 0  # dispatched and not yet done
+        self.worker = None  # the worker of the exchanges in flight
+        self._new: List[Exchange] = []  # parsed in this dataReceived, not yet dispatched
+        self._current: Optional[Exchange] = None  # the exchange whose body is being parsed
+        self._env: Optional[dict] = None  # environ of the request whose head is parsed
+        self._error: Optional[bytes] = None  # a refusal, sent when the exchanges before it are
+        self._stopped = False  # refuse all further input
+        self._pauses = 0
+        # Limits and timeouts.
+        self.phase = _IDLE
+        self.deadline: Optional[float] = None
+        self._url = b""
+        self._nheaders = 0
+        self._header_bytes = 0
+        self._head_fed = 0
+
+    # -- connection ------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        transport.registerProducer(self, True)
+        self._base = base = self.server.base_environ.copy()
+        peer = transport.getPeer()
+        host = transport.getHost()
+        base["REMOTE_ADDR"] = getattr(peer, "host", "") or ""
+        base["REMOTE_PORT"] = str(getattr(peer, "port", "") or "")
+        base["SERVER_NAME"] = getattr(host, "host", "") or "localhost"
+        base["SERVER_PORT"] = str(getattr(host, "port", "") or "")
+        self.server.sessions.add(self)
+        self.deadline = monotonic() + self.settings.idle_timeout
+
+    def connectionLost(self, reason=None) -> None:
+        self._give_up()
+        self.server.sessions.discard(self)
+        current = self._current
+        if current is not None and current.body is not None:
+            current.body.fail(ClientDisconnected("client disconnected"))
+        self._current = None
+        self._new = []
+
+    def _give_up(self) -> None:
+        """No more output: wake a worker waiting to write, let queued exchanges be skipped."""
+        self.gone = True
+        self.deadline = None
+        self.writable.set()
+
+    # -- IPushProducer: the transport tells us the client is slow --------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self.writer_waiting:
+            self.writable.set()
+
+    def stopProducing(self) -> None:
+        self._give_up()
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _pause_reading(self, reason: int) -> None:
+        if not self._pauses:
+            self.transport.pauseProducing()
+        self._pauses |= reason
+
+    def _resume_reading(self, reason: int) -> None:
+        if self._pauses & reason:
+            self._pauses &= ~reason
+            if not self._pauses and not self.gone:
+                self.transport.resumeProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._stopped:
+            return  # after a refusal: input is drained and dropped
+        if self.phase == _HEAD:
+            self._head_fed += len(data)
+        try:
+            while True:
+                try:
+                    self._parser.feed_data(data)
+                    break
+                except HttpParserUpgrade as e:
+                    # No WebSocket handler took it: the request was an ordinary one.  The
+                    # parser stops after an upgrade request; go on with a fresh one.
+                    data = data[e.args[0]:]
+                    self._parser = HttpRequestParser(self)
+                    if not data:
+                        break
+            s = self.settings
+            if self.phase == _HEAD and self._head_fed > s.max_request_line + s.max_header_bytes:
+                # A head that never ends: the callbacks only see whole fields.
+                raise HTTPError(431 if self._nheaders else 414)
+        except HttpParserCallbackError as e:
+            error = e.__context__
+            if isinstance(error, HTTPError):
+                self._refuse(error.status, error.reason)
+            else:
+                log.failure("error parsing a request", error)
+                self._refuse(500, "")
+        except HttpParserInvalidMethodError:
+            # A token that llhttp does not know is a method we do not implement; anything
+            # else where the method should be is a malformed request.
+            self._refuse(501 if _TOKEN_SP.match(data) else 400, "unknown method")
+        except HttpParserError as e:
+            message = str(e)
+            self._refuse(505 if "HTTP version" in message else 400, message)
+        except HTTPError as e:
+            self._refuse(e.status, e.reason)
+        if self._new:
+            self._dispatch_new()
+
+    # -- parser callbacks ----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._env = self._base.copy()
+        self._url = b""
+        self._nheaders = 0
+        self._header_bytes = 0
+        self._head_fed = 0
+        self.phase = _HEAD
+        self.deadline = monotonic() + self.settings.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.settings.max_request_line:
+            raise HTTPError(414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._nheaders += 1
+        self._header_bytes += len(name) + len(value) + 4
+        s = self.settings
+        if self._nheaders > s.max_headers or self._header_bytes > s.max_header_bytes:
+            raise HTTPError(431)
+        env = self._env
+        if env is None:
+            return  # a trailer field (after a chunked body): counted, not passed on
+        key = _KEYS.get(name)
+        if key is None:
+            key = _header_key(name)
+        if not key:
+            return
+        # llhttp strips leading whitespace but keeps trailing (RFC 9110 5.5: not part of it).
+        text = value.rstrip(b" \t").decode("latin-1")
+        old = env.get(key)
+        if old is None:
+            env[key] = text
+        elif key == "HTTP_HOST":
+            raise HTTPError(400, "more than one Host header")
+        elif key == "HTTP_COOKIE":
+            env[key] = old + "; " + text  # RFC 6265 5.4: cookies are joined with "; "
+        else:
+            env[key] = old + ", " + text  # RFC 9110 5.3
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        env = self._env
+        self._env = None
+        s = self.settings
+        version = parser.get_http_version()
+        if version == "1.1":
+            http11 = True
+        elif version == "1.0":
+            http11 = False
+        else:
+            raise HTTPError(505)
+        env["SERVER_PROTOCOL"] = "HTTP/" + version
+        raw = parser.get_method()
+        method = _METHODS.get(raw)
+        if method is None:
+            method = _METHODS[raw] = raw.decode("ascii")
+        if method == "CONNECT":
+            raise HTTPError(501, "CONNECT is not supported")
+        env["REQUEST_METHOD"] = method
+        self._target(env)
+        if http11 and "HTTP_HOST" not in env:
+            raise HTTPError(400, "missing Host header")
+        body = None
+        if "HTTP_TRANSFER_ENCODING" in env:
+            # llhttp has checked that chunked is the final coding and that no
+            # Content-Length came with it.
+            env.pop("CONTENT_LENGTH", None)
+            body = RequestBody(None, s.input_buffer)
+        else:
+            length = env.get("CONTENT_LENGTH")
+            if length is not None:
+                size = int(length)  # digits only: llhttp refuses anything else
+                if size > s.max_body_size:
+                    raise HTTPError(413, "the body exceeds %d bytes" % s.max_body_size)
+                if size:
+                    body = RequestBody(size, s.input_buffer)
+        expect_continue = False
+        expect = env.get("HTTP_EXPECT")
+        if expect is not None:
+            if expect.lower() != "100-continue":
+                raise HTTPError(417)
+            expect_continue = http11 and body is not None
+        exchange = Exchange(self, env, body, parser.should_keep_alive(), http11,
+                            method == "HEAD", expect_continue)
+        self._new.append(exchange)
+        if body is not None:
+            self._current = exchange
+            self.phase = _BODY
+            self.deadline = monotonic() + s.read_timeout
+        else:
+            self.phase = _APP
+            self.deadline = None
+
+    def _target(self, env: dict) -> None:
+        """PATH_INFO and QUERY_STRING from the request target (RFC 9112 3.2)."""
+        url = self._url
+        env["RAW_URI"] = raw = url.decode("latin-1")
+        if url[:1] == b"/":
+            path, sep, query = url.partition(b"?")
+            env["QUERY_STRING"] = query.decode("latin-1")
+        elif url == b"*":
+            path = url
+            env["QUERY_STRING"] = ""
+        else:
+            try:
+                parts = parse_url(url)  # absolute-form, as sent to proxies
+            except Exception:
+                raise HTTPError(400, "invalid request target %r" % raw[:100])
+            if not parts.schema or not parts.host:
+                raise HTTPError(400, "invalid request target %r" % raw[:100])
+            path = parts.path or b"/"
+            env["QUERY_STRING"] = (parts.query or b"").decode("latin-1")
+        # PEP 3333: PATH_INFO is the percent-decoded path as a latin-1 "bytes as str".
+        env["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
+
+    def on_body(self, data: bytes) -> None:
+        body = self._current.body
+        s = self.settings
+        if body.length is None and body.fed + len(data) > s.max_body_size:
+            raise HTTPError(413, "the body exceeds %d bytes" % s.max_body_size)
+        if body.feed(data):
+            self._pause_reading(_PAUSE_BODY)
+        self.deadline = monotonic() + s.read_timeout
+
+    def on_message_complete(self) -> None:
+        current = self._current
+        if current is not None:
+            current.body.finish()
+            self._current = None
+        self.phase = _APP
+        self.deadline = None
+
+    # -- dispatch and delivery --------------------------------------------------------
+
+    def _dispatch_new(self) -> None:
+        new = self._new
+        self._new = []
+        pool = self.server.pool
+        for exchange in new:
+            if not self.inflight:
+                self.worker = pool.pick()
+            self.inflight += 1
+            pool.dispatch(exchange, self.worker)
+        if self.inflight > self.settings.max_pipeline:
+            self._pause_reading(_PAUSE_PIPELINE)
+
+    def deliver(self, exchange: Exchange, data: Optional[bytes], end: int) -> None:
+        """Output of a worker (reactor thread, from Handoff.drain)."""
+        if self.gone:
+            return
+        if data:
+            self.transport.write(data)
+            self.consumed += len(data)
+            if self.writer_waiting:
+                self.writable.set()
+        if end:
+            if end == RESUME:
+                self._resume_reading(_PAUSE_BODY)
+            else:
+                self._done(exchange, end)
+
+    def _done(self, exchange: Exchange, end: int) -> None:
+        self.inflight -= 1
+        if end == ABORT:
+            self._give_up()
+            self.transport.abortConnection()
+            return
+        body = exchange.body
+        unread = body is not None and not body.complete
+        if unread or end == CLOSE:
+            # A body the app left unread is not drained: the connection ends instead, after
+            # lingering so that the client reads the response before our close hits it.
+            self._close(linger=unread)
+            return
+        if self.inflight:
+            if self._pauses & _PAUSE_PIPELINE and self.inflight <= self.settings.max_pipeline // 2:
+                self._resume_reading(_PAUSE_PIPELINE)
+            return
+        if self._error is not None:
+            self.transport.write(self._error)
+            self._close(linger=True)
+            return
+        self._resume_reading(_PAUSE_PIPELINE)
+        if self.phase == _APP:
+            self.phase = _IDLE
+            self.deadline = monotonic() + self.settings.idle_timeout
+
+    # -- refusing and closing ---------------------------------------------------------
+
+    def _refuse(self, status: int, reason: str) -> None:
+        """Answer a bad request with ``status`` after the requests before it, then close."""
+        if status >= 500 and status not in (501, 505):
+            log.error("refusing a request: {status} {reason}", status=status, reason=reason)
+        else:
+            log.info("refusing a request: {status} {reason}", status=status, reason=reason)
+        self._stopped = True
+        self._env = None
+        current = self._current
+        self._current = None
+        if current is not None:
+            if current in self._new:
+                self._new.remove(current)  # never started: the refusal answers it
+            else:
+                # Its app is running and reading the body: the failure reaches it there,
+                # and its response (or our error for it) is the last on this connection.
+                current.body.fail(HTTPError(status, reason))
+                return
+        response = error_response(status, reason)
+        if self.inflight or self._new:
+            self._error = response
+        else:
+            self.transport.write(response)
+            self._close(linger=True)
+
+    def _close(self, linger: bool) -> None:
+        self._give_up()
+        self._stopped = True
+        transport = self.transport
+        transport.unregisterProducer()
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if linger and half_close is not None:
+            # Closing with unread input makes the kernel reset the connection, which can
+            # destroy the response before the client reads it: send FIN, drain, then close.
+            self.phase = _LINGER
+            self.deadline = monotonic() + self.settings.linger
+            if self._pauses:
+                self._pauses = 0
+                transport.resumeProducing()
+            half_close()
+        else:
+            transport.loseConnection()
+
+    def check_timeout(self, now: float) -> None:
+        """Called by the server's sweep; acts when this session's deadline has passed."""
+        deadline = self.deadline
+        if deadline is None or now < deadline:
+            return
+        phase = self.phase
+        self.deadline = None
+        if phase == _IDLE:
+            self._close(linger=False)
+        elif phase == _LINGER:
+            self.transport.abortConnection()
+        else:  # _HEAD or _BODY
+            self._refuse(408, "request timed out")

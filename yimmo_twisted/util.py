@@ -1,0 +1,64 @@
+"""Loading the application from ``MODULE:EXPR``, as every entry point does."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import sys
+from typing import Callable
+
+
+class AppError(Exception):
+    """The application named cannot be loaded; the message says what was not found."""
+
+
+def _resolve(node: ast.AST, namespace: dict, spec: str):
+    if isinstance(node, ast.Name):
+        if node.id not in namespace:
+            raise AppError("%r has no attribute %r" % (spec.partition(":")[0], node.id))
+        return namespace[node.id]
+    if isinstance(node, ast.Attribute):
+        obj = _resolve(node.value, namespace, spec)
+        try:
+            return getattr(obj, node.attr)
+        except AttributeError:
+            raise AppError("%s: no attribute %r" % (spec, node.attr)) from None
+    raise AppError("%s: only a name, a dotted name or a call with literal arguments is allowed"
+                   % spec)
+
+
+def load_app(spec: str) -> Callable:
+    """
+    ``module:name``, ``module:obj.attr`` or ``module:factory("arg", key=1)``.  The call
+    form takes literal arguments only: the spec comes from a command line or a config
+    file, and evaluating arbitrary code from there is not our business.
+    """
+    module_name, sep, expr = spec.partition(":")
+    if not sep or not module_name or not expr.strip():
+        raise AppError("%r: expected MODULE:APP, e.g. myapp:app" % spec)
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # as python -m does: apps are found in the current directory
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            raise AppError("module %r not found" % module_name) from None
+        raise
+    try:
+        tree = ast.parse(expr.strip(), mode="eval").body
+    except SyntaxError:
+        raise AppError("%s: %r is not a valid expression" % (spec, expr)) from None
+    namespace = vars(module)
+    if isinstance(tree, ast.Call):
+        func = _resolve(tree.func, namespace, spec)
+        try:
+            args = [ast.literal_eval(a) for a in tree.args]
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in tree.keywords}
+        except ValueError:
+            raise AppError("%s: the arguments must be literals" % spec) from None
+        app = func(*args, **kwargs)
+    else:
+        app = _resolve(tree, namespace, spec)
+    if not callable(app):
+        raise AppError("%s is not callable (got %s)" % (spec, type(app).__name__))
+    return app

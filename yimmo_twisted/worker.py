@@ -1,0 +1,158 @@
+"""
+Worker threads, their input queues, and the handoff of output back to the reactor.
+
+The hops between threads are the cost centre of a threaded WSGI server, so they are
+explicit here and counted:
+
+* reactor -> worker: ``SimpleQueue.put`` of the exchange onto the chosen worker's own
+  queue.  An idle worker sleeps in ``SimpleQueue.get``, a C-level wait that releases the
+  GIL, and is woken by that put; nothing else is needed.
+* worker -> reactor: ``Handoff.emit`` appends ``(exchange, bytes, end)`` to one deque
+  shared by all workers and wakes the reactor only if no wake-up is already pending.  One
+  ``callFromThread`` (one write to the reactor's waker pipe) thus carries every record
+  queued until the reactor runs, however many exchanges and chunks that is.
+
+A hello-world exchange therefore costs two hops: one put and at most one wake-up, fewer
+under load when wake-ups are shared.  ``Handoff.wakeups`` and ``WorkerPool.dispatches``
+count them.
+
+The reactor never waits on a worker.  A worker waits on the reactor only when its
+client is slow (``Session.paused`` or too many bytes not yet written): that is the
+producer/consumer backpressure of Twisted carried over to the thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from queue import SimpleQueue
+from typing import Callable, List, Optional
+
+from twisted.logger import Logger
+
+from .context import Context
+from .exchange import MORE, Exchange
+
+log = Logger(namespace="yimmo.worker")
+
+
+class Handoff:
+    """Output of all workers on its way to the reactor thread, in one FIFO."""
+
+    def __init__(self, wake: Callable[[Callable], None], output_buffer: int) -> None:
+        self._records: deque = deque()
+        self._wake = wake
+        self._wake_pending = False
+        self._output_buffer = output_buffer
+        self.wakeups = 0
+
+    def emit(self, exchange: Exchange, data: Optional[bytes], end: int) -> None:
+        """Queue output for the reactor (worker thread).  Blocks while the client is slow."""
+        session = exchange.session
+        if data:
+            session.produced += len(data)
+        # Append before testing the flag, and the reactor clears the flag before it pops:
+        # then a record is either seen by a drain under way or triggers a new one.
+        self._records.append((exchange, data, end))
+        if not self._wake_pending:
+            self._wake_pending = True
+            self.wakeups += 1
+            self._wake(self.drain)
+        if end == MORE and data and (
+                session.paused or session.produced - session.consumed > self._output_buffer):
+            self._wait_writable(session)
+
+    def _wait_writable(self, session) -> None:
+        limit = self._output_buffer
+        event = session.writable
+        session.writer_waiting = True
+        try:
+            while not session.gone and (
+                    session.paused or session.produced - session.consumed > limit):
+                event.clear()
+                # Re-test after clearing: the reactor sets the event after changing state.
+                if session.gone or not (
+                        session.paused or session.produced - session.consumed > limit):
+                    break
+                event.wait()
+        finally:
+            session.writer_waiting = False
+
+    def drain(self) -> None:
+        """Deliver every queued record (reactor thread)."""
+        self._wake_pending = False
+        records = self._records
+        while records:
+            exchange, data, end = records.popleft()
+            exchange.session.deliver(exchange, data, end)
+
+
+class Worker(threading.Thread):
+    """One thread running the application, fed by its own queue."""
+
+    def __init__(self, pool: "WorkerPool", index: int) -> None:
+        super().__init__(name="yimmo-worker-%d" % index, daemon=True)
+        self.queue: SimpleQueue = SimpleQueue()
+        self.pool = pool
+        # Written by one thread each, so that their difference needs no lock.
+        self.dispatched = 0  # by the reactor
+        self.finished = 0  # by this worker
+
+    def run(self) -> None:
+        get = self.queue.get
+        app = self.pool.app
+        emit = self.pool.handoff.emit
+        while True:
+            exchange = get()
+            if exchange is None:
+                return
+            try:
+                if not exchange.session.gone:
+                    Context(exchange, emit).run(app)
+                elif exchange.body is not None:
+                    exchange.body.release()
+            except BaseException:  # the worker outlives anything an app raises
+                log.failure("unexpected error in worker {name}", name=self.name)
+            self.finished += 1
+
+
+class WorkerPool:
+    """``no_threads`` workers; the reactor dispatches exchanges to them."""
+
+    def __init__(self, app: Callable, no_threads: int, handoff: Handoff) -> None:
+        self.app = app
+        self.handoff = handoff
+        self.workers: List[Worker] = [Worker(self, i) for i in range(no_threads)]
+        self.dispatches = 0
+
+    def start(self) -> None:
+        for worker in self.workers:
+            worker.start()
+
+    def pick(self) -> Worker:
+        """
+        The first idle worker, else the least loaded.  Preferring the lowest index keeps
+        a light load on few threads, which means fewer GIL hand-overs.
+        """
+        best = None
+        best_load = 0
+        for worker in self.workers:
+            load = worker.dispatched - worker.finished
+            if load == 0:
+                return worker
+            if best is None or load < best_load:
+                best, best_load = worker, load
+        return best
+
+    def dispatch(self, exchange: Exchange, worker: Worker) -> None:
+        worker.dispatched += 1
+        self.dispatches += 1
+        worker.queue.put(exchange)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Let each worker finish its queue, then end it (waiting at most ``timeout``)."""
+        for worker in self.workers:
+            worker.queue.put(None)
+        for worker in self.workers:
+            if worker.is_alive():
+                worker.join(timeout)

@@ -7,7 +7,8 @@ Query parameters tune some of them (``/sleep?t=0.5``, ``/big?size=1048576``).
 
 Routes of ``apps:app``:
     /                   hello (200, Content-Length, "Hello, World!\\n")
-    /env                environ as JSON (str/int/bool/tuple values; others by type name)
+    /env                environ as JSON (str/int/bool/tuple values; others by type name);
+                        with ?read=1 it reads the body first and adds it as "body"
     /echo               the request body read with wsgi.input.read(), Content-Length set
     /echo-chunks        the request body read with read(n) in ?n= byte pieces, streamed back
     /echo-lines         the request body read line by line, as a JSON list of lines
@@ -58,8 +59,10 @@ def _jsonable(value):
 
 
 def environ_app(environ, start_response):
-    """The environ as JSON (reads no body)."""
+    """The environ as JSON; with ?read=1 the body is read first and included as "body"."""
     data = {k: _jsonable(v) for k, v in environ.items()}
+    if _query(environ).get("read"):
+        data["body"] = environ["wsgi.input"].read().decode("latin-1")
     body = json.dumps(data, sort_keys=True).encode("utf-8")
     start_response("200 OK", [("Content-Type", "application/json"),
                               ("Content-Length", str(len(body)))])

@@ -182,23 +182,32 @@ def _env(extra: Optional[dict]) -> dict:
     return env
 
 
+def start_server(app: Optional[str] = "apps:hello", *args: str, env: Optional[dict] = None,
+                 wait: bool = True, timeout: float = 10.0, listen: bool = True) -> ServerProcess:
+    """Start a server subprocess (the caller stops it: ``server.stop()``)."""
+    argv = [sys.executable, "-m", "yimmo_twisted"]
+    if listen:
+        argv += ["--listen", "tcp:0:interface=127.0.0.1"]
+    argv += [str(a) for a in args]
+    if app is not None:
+        argv.append(app)
+    server = ServerProcess(argv, _env(env))
+    if wait:
+        server._wait_listening(timeout)
+    return server
+
+
 @pytest.fixture
 def serve():
     """Factory: ``serve(app_spec, *cli_args, env=None, wait=True, timeout=10)``."""
     servers: List[ServerProcess] = []
 
-    def start(app: Optional[str] = "apps:hello", *args: str, env: Optional[dict] = None,
-              wait: bool = True, timeout: float = 10.0, listen: bool = True) -> ServerProcess:
-        argv = [sys.executable, "-m", "yimmo_twisted"]
-        if listen:
-            argv += ["--listen", "tcp:0:interface=127.0.0.1"]
-        argv += [str(a) for a in args]
-        if app is not None:
-            argv.append(app)
-        server = ServerProcess(argv, _env(env))
-        servers.append(server)
+    def start(app: Optional[str] = "apps:hello", *args: str, **kw) -> ServerProcess:
+        wait = kw.pop("wait", True)
+        server = start_server(app, *args, wait=False, **kw)
+        servers.append(server)  # registered first: stopped at teardown even if start fails
         if wait:
-            server._wait_listening(timeout)
+            server._wait_listening(kw.get("timeout", 10.0))
         return server
 
     yield start

@@ -1117,7 +1117,10 @@ def test_run_sets_wsgi_input():
 
 
 class FakeReactor:
-    """Collects the wake-ups of a Handoff; ``pump`` runs them like callFromThread would."""
+    """
+    Collects the wake-ups of a Handoff; ``pump`` runs them like callFromThread would.
+    Usable both as the reactor (``callFromThread``) and as a plain wake callable.
+    """
 
     def __init__(self):
         self.calls = []
@@ -1126,6 +1129,9 @@ class FakeReactor:
     def wake(self, fn):
         with self.lock:
             self.calls.append(fn)
+
+    callFromThread = wake
+    __call__ = wake
 
     def pump(self):
         with self.lock:
@@ -1151,7 +1157,7 @@ def delivering_session(**kw):
 
 def test_handoff_one_wake_per_batch_and_order():
     reactor = FakeReactor()
-    h = Handoff(reactor.wake, 1 << 20)
+    h = Handoff(reactor, 1 << 20)
     s1, s2 = delivering_session(), delivering_session()
     e1, e2 = make_exchange(session=s1), make_exchange(session=s2)
     h.emit(e1, b"a1", MORE)
@@ -1174,7 +1180,7 @@ def test_handoff_one_wake_per_batch_and_order():
 
 def test_handoff_concurrent_emitters_each_record_once_in_per_thread_order():
     reactor = FakeReactor()
-    h = Handoff(reactor.wake, 1 << 30)
+    h = Handoff(reactor, 1 << 30)
     sessions = [delivering_session() for _ in range(4)]
     exchanges = [make_exchange(session=s) for s in sessions]
     n = 500
@@ -1208,7 +1214,7 @@ def test_handoff_concurrent_emitters_each_record_once_in_per_thread_order():
 
 def test_handoff_backpressure_paused_blocks_until_resumed():
     reactor = FakeReactor()
-    h = Handoff(reactor.wake, 1 << 20)
+    h = Handoff(reactor, 1 << 20)
     s = delivering_session(paused=True)
     ex = make_exchange(session=s)
     done = threading.Event()
@@ -1231,7 +1237,7 @@ def test_handoff_backpressure_paused_blocks_until_resumed():
 
 def test_handoff_backpressure_buffer_full_released_by_consumed():
     reactor = FakeReactor()
-    h = Handoff(reactor.wake, 100)
+    h = Handoff(reactor, 100)
     s = delivering_session()
     ex = make_exchange(session=s)
     progress = []
@@ -1262,7 +1268,7 @@ def test_handoff_backpressure_buffer_full_released_by_consumed():
 
 def test_handoff_wait_released_when_session_gone():
     reactor = FakeReactor()
-    h = Handoff(reactor.wake, 1 << 20)
+    h = Handoff(reactor, 1 << 20)
     s = delivering_session(paused=True)
     ex = make_exchange(session=s)
     t = threading.Thread(target=h.emit, args=(ex, b"x", MORE))
@@ -1277,7 +1283,7 @@ def test_handoff_wait_released_when_session_gone():
 
 def test_handoff_end_records_never_block():
     reactor = FakeReactor()
-    h = Handoff(reactor.wake, 10)
+    h = Handoff(reactor, 10)
     s = delivering_session(paused=True)
     ex = make_exchange(session=s)
     t = threading.Thread(target=lambda: (h.emit(ex, b"x" * 100, DONE),
@@ -1292,7 +1298,7 @@ def test_handoff_end_records_never_block():
 
 
 def make_pool(n):
-    return WorkerPool(lambda e, s: [], n, Handoff(lambda fn: None, 1 << 20))
+    return WorkerPool(lambda e, s: [], n, Handoff(FakeReactor(), 1 << 20))
 
 
 def set_load(worker, load):
@@ -1333,7 +1339,7 @@ def test_dispatch_counts_and_queues():
 
 def test_worker_runs_app_and_finishes_on_sentinel():
     reactor = FakeReactor()
-    h = Handoff(reactor.wake, 1 << 20)
+    h = Handoff(reactor, 1 << 20)
     pool = WorkerPool(app_for(body=[b"hi"]), 1, h)
     pool.start()
     s = delivering_session()

@@ -14,7 +14,7 @@ import re
 import sys
 from typing import Any, Callable, Iterable, Optional
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from .exchange import (
     ABORT, CLOSE, CONTINUE_100, DONE, LAST_CHUNK, MORE, RESUME, SERVER_SOFTWARE,
@@ -231,6 +231,8 @@ class Context:
         first byte is sent (a list body, or an empty one); it decides the framing when
         the app gave no Content-Length.
         """
+        if self.status is None:
+            raise AssertionError("the application sent a body before calling start_response")
         ex = self.exchange
         code = int(self.status[:3])
         self.no_body = no_body = ex.head_only or code < 200 or code == 204 or code == 304
@@ -337,9 +339,12 @@ class Context:
         result = None
         try:
             result = app(environ, self.start_response)
-            if self.status is None:
-                raise AssertionError("the application returned without calling start_response")
+            # A generator may call start_response in its first iteration (PEP 3333), so
+            # for those the check waits for the first chunk (in _head).
             if type(result) in (list, tuple) and not self.head_sent:
+                if self.status is None:
+                    raise AssertionError("the application returned without calling "
+                                         "start_response")
                 # A whole body known up front gets a Content-Length instead of chunking.
                 total = 0
                 for data in result:
@@ -377,7 +382,7 @@ class Context:
                 try:
                     close()
                 except Exception:
-                    log.failure("close() of the response of {path} failed",
+                    log.failure("close() of the response of {path} failed", level=LogLevel.error,
                                 path=environ.get("PATH_INFO"))
             if ex.body is not None:
                 ex.body.release()
@@ -385,7 +390,7 @@ class Context:
     def _fail(self, status: int, reason: str, exc_info: Any) -> None:
         ex = self.exchange
         if exc_info is not None:
-            log.failure("error in the application for {method} {path}",
+            log.failure("error in the application for {method} {path}", level=LogLevel.error,
                         method=ex.environ.get("REQUEST_METHOD"), path=ex.environ.get("PATH_INFO"))
         if ex.session.gone:
             return

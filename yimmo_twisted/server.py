@@ -46,7 +46,7 @@ class Server(service.Service):
         self.app = app
         self.settings = settings
         self.sessions: Set[HTTPSession] = set()
-        self.handoff = Handoff(reactor.callFromThread, settings.output_buffer)
+        self.handoff = Handoff(reactor, settings.output_buffer)
         self.pool = WorkerPool(app, settings.no_threads, self.handoff)
         self.ports: List = []
         self.base_environ = {
@@ -67,6 +67,7 @@ class Server(service.Service):
     def startService(self):
         service.Service.startService(self)
         self.pool.start()
+        self.handoff.install()
         factory = SessionFactory(self)
         for description in self.settings.endpoints():
             endpoint = endpoints.serverFromString(self.reactor, description)
@@ -99,4 +100,5 @@ class Server(service.Service):
         self.ports = []
         for session in list(self.sessions):
             session.transport.abortConnection()
+        self.handoff.uninstall()
         self.pool.stop()

@@ -23,6 +23,7 @@ from httptools import (
     HttpParserCallbackError, HttpParserError, HttpParserInvalidMethodError,
     HttpParserUpgrade, HttpRequestParser, parse_url,
 )
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -111,6 +112,10 @@ class HTTPSession(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         transport.registerProducer(self, True)
+        # Plain TCP: responses go straight to the socket when nothing is buffered (see
+        # _write_direct).  TLS and other transports use transport.write.
+        self._write = (self._write_direct if isinstance(transport, tcp.Connection)
+                       else transport.write)
         self._base = base = self.server.base_environ.copy()
         peer = transport.getPeer()
         host = transport.getHost()
@@ -356,7 +361,7 @@ class HTTPSession(Protocol):
         if self.gone:
             return
         if data:
-            self.transport.write(data)
+            self._write(data)
             self.consumed += len(data)
             if self.writer_waiting:
                 self.writable.set()
@@ -365,6 +370,24 @@ class HTTPSession(Protocol):
                 self._resume_reading(_PAUSE_BODY)
             else:
                 self._done(exchange, end)
+
+    def _write_direct(self, data: bytes) -> None:
+        """
+        Send at once when the transport has nothing buffered.  Going through
+        transport.write would cost two epoll_ctl calls and a reactor iteration per
+        response (register for writability, send, unregister), each syscall a point
+        where a worker takes the GIL from the reactor.
+        """
+        t = self.transport
+        if (t._tempDataBuffer or len(t.dataBuffer) > t.offset or t.disconnecting
+                or t._writeDisconnecting or not t.connected):
+            t.write(data)
+            return
+        sent = t.writeSomeData(data)
+        if type(sent) is not int:
+            t.write(data)  # an error: let the transport find and report it
+        elif sent < len(data):
+            t.write(data[sent:])
 
     def _done(self, exchange: Exchange, end: int) -> None:
         self.inflight -= 1

@@ -37,27 +37,92 @@ log = Logger(namespace="yimmo.worker")
 
 
 class Handoff:
-    """Output of all workers on its way to the reactor thread, in one FIFO."""
+    """
+    The meeting point of the reactor thread and the workers: output of all workers on
+    its way to the reactor in one FIFO, and exchanges on their way to workers.
 
-    def __init__(self, wake: Callable[[Callable], None], output_buffer: int) -> None:
+    With ``install`` the handoff hooks the reactor's iteration, which makes it GIL-aware:
+    exchanges parsed during an iteration are put on worker queues just before the
+    reactor sleeps in epoll (where it releases the GIL for the workers), instead of waking
+    a worker that would fight the reactor for the GIL after each of its syscalls; and
+    output is collected after each iteration, so a worker wakes the reactor only when it
+    is asleep.  Without the hook, every batch of output costs one ``callFromThread``.
+    """
+
+    def __init__(self, reactor, output_buffer: int) -> None:
+        self._reactor = reactor
         self._records: deque = deque()
-        self._wake = wake
+        self._dispatches: list = []
+        self._hooked = False
+        self._sleeping = True  # unhooked: always wake the reactor
         self._wake_pending = False
         self._output_buffer = output_buffer
         self.wakeups = 0
+
+    def install(self) -> None:
+        """Hook the reactor's iteration (reactor thread, before it runs)."""
+        iterate = getattr(self._reactor, "doIteration", None)
+        if iterate is None or self._hooked:
+            return  # a reactor driven by another loop (asyncio): callFromThread it is
+        records = self._records
+
+        def doIteration(timeout):
+            if self._dispatches:
+                self._flush_dispatches()
+            self._sleeping = True
+            if records:
+                timeout = 0  # output is waiting: poll, don't sleep
+            try:
+                iterate(timeout)
+            finally:
+                self._sleeping = False
+                if records:
+                    self.drain()
+
+        self._reactor.doIteration = doIteration
+        self._hooked = True
+
+    def uninstall(self) -> None:
+        if self._hooked:
+            del self._reactor.doIteration
+            self._hooked = False
+            self._sleeping = True
+            self._flush_dispatches()
+            if self._records:
+                self._reactor.callFromThread(self.drain)
+
+    # -- reactor -> worker -------------------------------------------------------------
+
+    def dispatch(self, worker: "Worker", exchange: Exchange) -> None:
+        worker.dispatched += 1
+        if self._hooked:
+            self._dispatches.append((worker, exchange))
+        else:
+            worker.queue.put(exchange)
+
+    def _flush_dispatches(self) -> None:
+        dispatches = self._dispatches
+        self._dispatches = []
+        for worker, exchange in dispatches:
+            worker.queue.put(exchange)
+
+    # -- worker -> reactor -------------------------------------------------------------
 
     def emit(self, exchange: Exchange, data: Optional[bytes], end: int) -> None:
         """Queue output for the reactor (worker thread).  Blocks while the client is slow."""
         session = exchange.session
         if data:
             session.produced += len(data)
-        # Append before testing the flag, and the reactor clears the flag before it pops:
-        # then a record is either seen by a drain under way or triggers a new one.
+        # Append before testing the flags; the reactor clears them before it pops: then a
+        # record is either seen by a drain under way or causes a wake-up.
         self._records.append((exchange, data, end))
-        if not self._wake_pending:
+        if self._sleeping and not self._wake_pending:
             self._wake_pending = True
             self.wakeups += 1
-            self._wake(self.drain)
+            if self._hooked:
+                self._reactor.wakeUp()
+            else:
+                self._reactor.callFromThread(self.drain)
         if end == MORE and data and (
                 session.paused or session.produced - session.consumed > self._output_buffer):
             self._wait_writable(session)
@@ -145,9 +210,8 @@ class WorkerPool:
         return best
 
     def dispatch(self, exchange: Exchange, worker: Worker) -> None:
-        worker.dispatched += 1
         self.dispatches += 1
-        worker.queue.put(exchange)
+        self.handoff.dispatch(worker, exchange)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Let each worker finish its queue, then end it (waiting at most ``timeout``)."""

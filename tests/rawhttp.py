@@ -109,7 +109,7 @@ class Connection:
         self.timeout = timeout
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
+        self.buf = bytearray()  # received, not yet consumed
         self.eof = False  # the server closed its side (FIN) or reset the connection
         self.reset = False
 
@@ -167,40 +167,47 @@ class Connection:
     def _deadline(self, timeout: Optional[float]) -> float:
         return time.monotonic() + (self.timeout if timeout is None else timeout)
 
+    def _take(self, n: int) -> bytes:
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def unread(self, data: bytes) -> None:
+        """Put bytes back in front of the buffer."""
+        self.buf[:0] = data
+
     def read_until(self, marker: bytes, timeout: Optional[float] = None) -> bytes:
         """Bytes up to and including ``marker``; Closed at EOF, socket.timeout when slow."""
         deadline = self._deadline(timeout)
+        start = 0
         while True:
-            i = self.buf.find(marker)
+            i = self.buf.find(marker, start)
             if i >= 0:
-                out, self.buf = self.buf[:i + len(marker)], self.buf[i + len(marker):]
-                return out
+                return self._take(i + len(marker))
+            start = max(0, len(self.buf) - len(marker) + 1)
             if not self._recv(deadline):
-                raise Closed("connection closed before %r" % marker, self.buf)
+                raise Closed("connection closed before %r" % marker, bytes(self.buf))
 
     def read_exact(self, n: int, timeout: Optional[float] = None) -> bytes:
         deadline = self._deadline(timeout)
         while len(self.buf) < n:
             if not self._recv(deadline):
                 raise Closed("connection closed after %d of %d bytes" % (len(self.buf), n),
-                             self.buf)
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
+                             bytes(self.buf))
+        return self._take(n)
 
     def read_some(self, timeout: Optional[float] = None) -> bytes:
         """What is buffered, or the next bytes received (b"" at EOF)."""
         if not self.buf:
             self._recv(self._deadline(timeout))
-        out, self.buf = self.buf, b""
-        return out
+        return self._take(len(self.buf))
 
     def read_until_close(self, timeout: Optional[float] = None) -> bytes:
         """Everything until the server closes; socket.timeout if it does not in time."""
         deadline = self._deadline(timeout)
         while self._recv(deadline):
             pass
-        out, self.buf = self.buf, b""
-        return out
+        return self._take(len(self.buf))
 
     def read_available(self, wait: float = 0.2) -> bytes:
         """Whatever arrives within ``wait`` seconds (never raises a timeout)."""
@@ -210,8 +217,7 @@ class Connection:
                 pass
         except socket.timeout:
             pass
-        out, self.buf = self.buf, b""
-        return out
+        return self._take(len(self.buf))
 
     def read_head(self, timeout: Optional[float] = None):
         """Status line and headers of the next response: (version, status, reason, headers, raw)."""
@@ -296,11 +302,12 @@ class Connection:
         to read; AssertionError if it sends bytes instead; False if still open.
         """
         if self.buf:
-            raise AssertionError("unexpected bytes before close: %r" % self.buf[:500])
+            raise AssertionError("unexpected bytes before close: %r" % bytes(self.buf[:500]))
         deadline = time.monotonic() + timeout
         try:
             if self._recv(deadline):
-                raise AssertionError("unexpected bytes instead of close: %r" % self.buf[:500])
+                raise AssertionError("unexpected bytes instead of close: %r"
+                                     % bytes(self.buf[:500]))
         except socket.timeout:
             return False
         return True

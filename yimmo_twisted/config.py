@@ -19,23 +19,33 @@ class ConfigError(ValueError):
     """A setting with a value that cannot be used; the message names it and its source."""
 
 
+def _int(text: str) -> int:
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 1:
         raise ValueError("must be at least 1")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if not 0 <= value <= 65535:
         raise ValueError("must be between 0 and 65535")
     return value
 
 
 def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if not 0 < value < float("inf"):
         raise ValueError("must be a positive number of seconds")
     return value
 
@@ -44,7 +54,7 @@ def _size(text: str) -> int:
     """A byte count, with an optional K, M or G suffix (powers of 1024)."""
     text = str(text).strip()
     scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
-    value = int(text[:-1] if scale > 1 else text) * scale
+    value = _int(text[:-1] if scale > 1 else text) * scale
     if value < 1:
         raise ValueError("must be at least 1 byte")
     return value

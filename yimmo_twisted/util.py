@@ -43,7 +43,9 @@ def load_app(spec: str) -> Callable:
     except ModuleNotFoundError as e:
         if e.name and module_name.startswith(e.name):
             raise AppError("module %r not found" % module_name) from None
-        raise
+        raise AppError("cannot import %r: %s: %s" % (module_name, type(e).__name__, e)) from e
+    except Exception as e:
+        raise AppError("cannot import %r: %s: %s" % (module_name, type(e).__name__, e)) from e
     try:
         tree = ast.parse(expr.strip(), mode="eval").body
     except SyntaxError:

@@ -1,0 +1,529 @@
+#!/usr/bin/env python3
+"""Compare yimmo-wsgi with other WSGI servers under wrk, on 127.0.0.1 only.
+
+    python benchmarks/run.py                 # every server, every scenario, 10 s each
+    python benchmarks/run.py --quick         # 3 s each
+    python benchmarks/run.py --servers yimmo,gunicorn --scenarios hello --json out.json
+
+For each scenario, each server is started in turn (one process, same app from
+benchmarks/apps.py, a free 127.0.0.1 port), waited for until it answers, warmed up for
+about a second, measured with ``wrk -t1 -c50 -dNs --latency`` and stopped (SIGTERM to its
+process group, SIGKILL after a timeout).  Every server is stopped on errors and on Ctrl-C
+too.  Results go to stdout as Markdown tables; progress goes to stderr.
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from typing import Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)  # repository root: servers run there, benchmarks.apps importable
+HOST = "127.0.0.1"
+
+START_TIMEOUT = 30.0  # seconds for a server to answer its first request
+STOP_TIMEOUT = 10.0   # seconds between SIGTERM and SIGKILL
+WARMUP = 1            # seconds of wrk before the measurement
+STDERR_LINES = 5      # lines of a failed server's output shown in the table
+
+
+# --- scenarios ---------------------------------------------------------------------------
+
+SCENARIOS = {
+    # name: (application in benchmarks.apps, wrk Lua script or None, description)
+    "hello": ("hello", None, "GET, 14-byte body with Content-Length"),
+    "10k": ("payload_10k", None, "GET, 10 KiB body with Content-Length"),
+    "upload": ("upload_echo", "upload.lua", "POST of 1 MiB, the app reads it all, answers its length"),
+    "cpu": ("cpu", None, "GET, ~2 ms of pure-Python CPU work per request (GIL-bound)"),
+}
+
+
+# --- servers -----------------------------------------------------------------------------
+
+def _script(name: str) -> str:
+    """A console script of the running Python if it has one (same interpreter), else PATH's."""
+    local = os.path.join(os.path.dirname(sys.executable), name)
+    if os.access(local, os.X_OK):
+        return local
+    return shutil.which(name) or name
+
+
+def _yimmo(port: int, app: str) -> List[str]:
+    return [sys.executable, "-m", "yimmo_twisted",
+            "--listen", "tcp:%d:interface=%s" % (port, HOST), "benchmarks.apps:" + app]
+
+
+def _gunicorn(port: int, app: str) -> List[str]:
+    return [_script("gunicorn"), "-k", "gthread", "-w", "1", "--threads", "4",
+            "-b", "%s:%d" % (HOST, port), "benchmarks.apps:" + app]
+
+
+def _granian(port: int, app: str) -> List[str]:
+    return [_script("granian"), "--interface", "wsgi", "--workers", "1",
+            "--host", HOST, "--port", str(port), "benchmarks.apps:" + app]
+
+
+def _twisted(port: int, app: str) -> List[str]:
+    return [_script("twist"), "web", "--listen", "tcp:%d:interface=%s" % (port, HOST),
+            "--wsgi", "benchmarks.apps." + app]
+
+
+def _waitress(port: int, app: str) -> List[str]:
+    return [_script("waitress-serve"), "--listen=%s:%d" % (HOST, port), "--threads=4",
+            "benchmarks.apps:" + app]
+
+
+SERVERS = {
+    # name: (command line builder, distribution whose version is reported, label)
+    "yimmo": (_yimmo, "yimmo-twisted", "yimmo-wsgi (4 threads)"),
+    "gunicorn": (_gunicorn, "gunicorn", "gunicorn gthread (1 worker, 4 threads)"),
+    "granian": (_granian, "granian", "granian wsgi (1 worker)"),
+    "twisted": (_twisted, "Twisted", "twisted.web.wsgi (twist web)"),
+    "waitress": (_waitress, "waitress", "waitress (4 threads)"),
+}
+
+
+# --- processes ---------------------------------------------------------------------------
+
+class Server:
+    """One server process, in its own process group so that its workers stop with it."""
+
+    live: List["Server"] = []  # every started server not yet stopped
+
+    def __init__(self, name: str, argv: List[str], port: int):
+        self.name, self.argv, self.port = name, argv, port
+        self.log = tempfile.TemporaryFile(prefix="bench-%s-" % name)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        Server.live.append(self)
+        self.stop_info: Dict[str, object] = {}
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read().decode("utf-8", "replace")
+
+    def head(self, lines: int = STDERR_LINES) -> str:
+        text = [line for line in self.output().splitlines() if line.strip()]
+        return " / ".join(text[:lines]) or "(no output)"
+
+    def wait_ready(self, path: str = "/") -> Optional[str]:
+        """None once the server answers a request with 2xx, else why it did not."""
+        deadline = time.monotonic() + START_TIMEOUT
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return "exited with status %s: %s" % (self.proc.returncode, self.head())
+            conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                resp.read()
+                if 200 <= resp.status < 300:
+                    return None
+                last = "answered %d %s" % (resp.status, resp.reason)
+            except (OSError, http.client.HTTPException) as e:
+                last = "%s: %s" % (type(e).__name__, e)
+            finally:
+                conn.close()
+            time.sleep(0.1)
+        return "not ready after %.0f s (%s): %s" % (START_TIMEOUT, last, self.head())
+
+    def stop(self) -> None:
+        """SIGTERM to the process group, SIGKILL after STOP_TIMEOUT; idempotent."""
+        if self not in Server.live:
+            return
+        started = time.monotonic()
+        killed = False
+        try:
+            self._signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                killed = True
+                self._signal(signal.SIGKILL)
+                self.proc.wait(5)
+        finally:
+            # Workers left behind by a leader that exited (group still alive): kill them.
+            self._signal(signal.SIGKILL)
+            Server.live.remove(self)
+        self.stop_info = {"exit_status": self.proc.returncode, "killed": killed,
+                          "stop_seconds": round(time.monotonic() - started, 2)}
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)  # the group id is the leader's pid (new session)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for server in list(cls.live):
+            try:
+                server.stop()
+            except Exception as e:  # keep stopping the others
+                print("error stopping %s: %s" % (server.name, e), file=sys.stderr)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+# --- wrk ---------------------------------------------------------------------------------
+
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+
+def to_ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if not m:
+        raise ValueError("unknown wrk duration %r" % text)
+    return float(m.group(1)) * UNITS[m.group(2)]
+
+
+def parse_wrk(out: str) -> Dict[str, object]:
+    result: Dict[str, object] = {"rps": None, "p99_ms": None, "requests": None,
+                                 "non2xx": 0, "connect": 0, "read": 0, "write": 0, "timeout": 0}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m:
+        result["rps"] = float(m.group(1))
+    m = re.search(r"^\s*99%\s+(\S+)", out, re.M)
+    if m:
+        result["p99_ms"] = to_ms(m.group(1))
+    m = re.search(r"^\s*(\d+) requests in", out, re.M)
+    if m:
+        result["requests"] = int(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if m:
+        result["non2xx"] = int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        for key, value in zip(("connect", "read", "write", "timeout"), m.groups()):
+            result[key] = int(value)
+    return result
+
+
+def wrk(port: int, script: Optional[str], seconds: int, args) -> str:
+    argv = ["wrk", "-t%d" % args.threads_wrk, "-c%d" % args.connections, "-d%ds" % seconds,
+            "--latency"]
+    if script:
+        argv += ["-s", os.path.join(HERE, script)]
+    argv.append("http://%s:%d/" % (HOST, port))
+    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL, timeout=seconds + 60, check=False)
+    out = done.stdout.decode("utf-8", "replace")
+    if done.returncode != 0:
+        raise RuntimeError("wrk exited with status %d: %s" % (done.returncode, out.strip()))
+    return out
+
+
+# --- one measurement ---------------------------------------------------------------------
+
+# Lines of a server's output worth a look (kept in the JSON; counted on stderr).
+ERROR_PATTERNS = re.compile(r'Traceback|Unhandled|CRITICAL|\bcritical\b|ERROR|\berror\b|'
+                            r'Exception|"isError": 1')
+
+
+def measure(server_name: str, scenario: str, args) -> Dict[str, object]:
+    build, _, _ = SERVERS[server_name]
+    app, script, _ = SCENARIOS[scenario]
+    port = free_port()
+    argv = build(port, app)
+    row: Dict[str, object] = {"server": server_name, "scenario": scenario, "app": app,
+                              "port": port, "command": " ".join(argv), "ok": False}
+    print("[%s] %s: starting %s" % (scenario, server_name, row["command"]), file=sys.stderr)
+    try:
+        server = Server(server_name, argv, port)
+    except OSError as e:
+        row["error"] = "cannot start: %s" % e
+        return row
+    try:
+        why = server.wait_ready()
+        if why:
+            row["error"] = "failed to start: " + why
+            return row
+        wrk(port, script, WARMUP, args)  # warm-up, discarded
+        out = wrk(port, script, args.duration, args)
+        row["wrk"] = out
+        row.update(parse_wrk(out))
+        if server.proc.poll() is not None:
+            row["crashed"] = "exited with status %s during the run" % server.proc.returncode
+        row["ok"] = row.get("rps") is not None
+        if not row["ok"]:
+            row["error"] = "wrk output not understood"
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
+        row["error"] = str(e)
+    finally:
+        server.stop()
+        output = server.output()
+        row["stop"] = server.stop_info
+        row["server_output_lines"] = len(output.splitlines())
+        suspicious = [line for line in output.splitlines() if ERROR_PATTERNS.search(line)]
+        row["server_errors"] = suspicious[:20]
+        row["server_error_count"] = len(suspicious)
+        server.log.close()
+    if row["server_error_count"]:
+        print("[%s] %s: %d suspicious line(s) in its output, first: %s"
+              % (scenario, server_name, row["server_error_count"], row["server_errors"][0][:300]),
+              file=sys.stderr)
+    if row.get("ok"):
+        print("[%s] %s: %.0f req/s, p99 %.2f ms, errors %s" % (scenario, server_name, row["rps"],
+              row["p99_ms"] or 0.0, errors_text(row)), file=sys.stderr)
+    else:
+        print("[%s] %s: %s" % (scenario, server_name, row.get("error")), file=sys.stderr)
+    return row
+
+
+def errors_text(row: Dict[str, object]) -> str:
+    parts = ["%s %d" % (k, row[k]) for k in ("non2xx", "connect", "read", "write", "timeout")
+             if row.get(k)]
+    if row.get("crashed"):
+        parts.append("CRASHED: " + str(row["crashed"]))
+    return ", ".join(parts) or "0"
+
+
+# --- report ------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages: other work on the machine skews every number."""
+    try:
+        return " ".join("%.2f" % x for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def wrk_version() -> str:
+    try:
+        out = subprocess.run(["wrk", "--version"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, timeout=10).stdout.decode()
+        return out.splitlines()[0].split(" Copyright")[0].replace("wrk ", "", 1).strip()
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def header(args) -> Dict[str, object]:
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu_model(),
+        "nproc": os.cpu_count(),
+        "kernel": platform.system() + " " + platform.release(),
+        "python": platform.python_implementation() + " " + platform.python_version(),
+        "versions": {name: version(SERVERS[name][1]) for name in args.servers},
+        "loadavg": load_average(),
+        "wrk": wrk_version(),
+        "wrk_args": "-t%d -c%d -d%ds --latency" % (args.threads_wrk, args.connections,
+                                                    args.duration),
+    }
+
+
+def print_header(h: Dict[str, object]) -> None:
+    print("## yimmo-wsgi comparison benchmark")
+    print()
+    print("- date: %s" % h["date"])
+    print("- machine: %s, nproc %s, %s, %s; load average at start %s"
+          % (h["cpu"], h["nproc"], h["kernel"], h["python"], h["loadavg"]))
+    print("- servers: " + ", ".join("%s %s" % (SERVERS[n][1], v) for n, v in h["versions"].items()))
+    print("- client: wrk %s, `wrk %s`, after a %d s warm-up; one server process at a time, "
+          "127.0.0.1 only" % (h["wrk"], h["wrk_args"], WARMUP))
+    print()
+    sys.stdout.flush()
+
+
+def ratio(yimmo: Optional[Dict[str, object]], row: Dict[str, object]) -> str:
+    if row["server"] == "yimmo":
+        return "—"
+    if not (yimmo and yimmo.get("ok") and row.get("ok") and row["rps"]):
+        return "n/a"
+    return "yimmo/%s = %.2fx" % (row["server"], yimmo["rps"] / row["rps"])
+
+
+def cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def print_table(scenario: str, rows: List[Dict[str, object]]) -> None:
+    yimmo = next((r for r in rows if r["server"] == "yimmo"), None)
+    print("### %s: %s" % (scenario, SCENARIOS[scenario][2]))
+    print()
+    print("| server | req/s | p99 ms | errors | yimmo/peer |")
+    print("|---|---:|---:|---|---|")
+    for row in rows:
+        label = SERVERS[row["server"]][2]
+        if row.get("ok"):
+            p99 = "%.2f" % row["p99_ms"] if row.get("p99_ms") is not None else "n/a"
+            print("| %s | %.0f | %s | %s | %s |" % (label, row["rps"], p99,
+                                                    cell(errors_text(row)), ratio(yimmo, row)))
+        else:
+            print("| %s | FAILED | — | %s | n/a |" % (label, cell(row.get("error", "?"))))
+    print()
+    notes = [note for row in rows for note in row_notes(row)]
+    for note in notes:
+        print("- note: " + note)
+    if notes:
+        print()
+    sys.stdout.flush()
+
+
+def row_notes(row: Dict[str, object]) -> List[str]:
+    """Anything odd about one server's run besides the numbers: slow stop, errors logged."""
+    notes = []
+    stop = row.get("stop") or {}
+    if stop.get("killed"):
+        notes.append("%s did not exit within %.0f s of SIGTERM after the run; killed with "
+                     "SIGKILL" % (row["server"], STOP_TIMEOUT))
+    elif stop.get("stop_seconds", 0) > 2:
+        notes.append("%s took %.1f s to exit after SIGTERM" % (row["server"], stop["stop_seconds"]))
+    if row.get("ok") and row.get("server_error_count"):
+        notes.append("%s logged %d error-looking line(s), first: `%s`"
+                     % (row["server"], row["server_error_count"],
+                        cell(row["server_errors"][0][:200])))
+    return notes
+
+
+def target_check(results: Dict[str, List[Dict[str, object]]]) -> None:
+    print("### target (hello): yimmo >= 3x gunicorn and >= 0.5x granian req/s, "
+          "p99 below gunicorn's")
+    print()
+    rows = {r["server"]: r for r in results.get("hello", [])}
+
+    def ok(name):
+        r = rows.get(name)
+        return r if r and r.get("ok") else None
+
+    y, g, gr = ok("yimmo"), ok("gunicorn"), ok("granian")
+    checks = []
+    if y and g:
+        checks.append(("req/s >= 3x gunicorn", y["rps"] >= 3 * g["rps"],
+                       "%.2fx" % (y["rps"] / g["rps"])))
+    else:
+        checks.append(("req/s >= 3x gunicorn", None, "not measured"))
+    if y and gr:
+        checks.append(("req/s >= 0.5x granian", y["rps"] >= 0.5 * gr["rps"],
+                       "%.2fx" % (y["rps"] / gr["rps"])))
+    else:
+        checks.append(("req/s >= 0.5x granian", None, "not measured"))
+    if y and g and y.get("p99_ms") is not None and g.get("p99_ms") is not None:
+        checks.append(("p99 below gunicorn's", y["p99_ms"] < g["p99_ms"],
+                       "%.2f ms vs %.2f ms" % (y["p99_ms"], g["p99_ms"])))
+    else:
+        checks.append(("p99 below gunicorn's", None, "not measured"))
+    for name, passed, detail in checks:
+        verdict = "n/a" if passed is None else ("PASS" if passed else "FAIL")
+        print("- %s: %s (%s)" % (name, verdict, detail))
+    print()
+    sys.stdout.flush()
+
+
+# --- main --------------------------------------------------------------------------------
+
+def names(text: str, known: Dict[str, object], what: str) -> List[str]:
+    chosen = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in known]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError("unknown %s %s; choose from %s"
+                                         % (what, ", ".join(unknown) or "(none)",
+                                            ",".join(known)))
+    return chosen
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--servers", default=",".join(SERVERS),
+                   type=lambda t: names(t, SERVERS, "server"),
+                   help="comma-separated, from %s (default all)" % ",".join(SERVERS))
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   type=lambda t: names(t, SCENARIOS, "scenario"),
+                   help="comma-separated, from %s (default all)" % ",".join(SCENARIOS))
+    p.add_argument("--duration", type=int, default=10, help="seconds of wrk per run (default 10)")
+    p.add_argument("--quick", action="store_true", help="3-second runs (sets --duration 3)")
+    p.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
+    p.add_argument("--threads-wrk", type=int, default=1, help="wrk -t (default 1)")
+    p.add_argument("--json", metavar="FILE", help="write the raw results here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration = 3
+    if args.duration < 1 or args.connections < 1 or args.threads_wrk < 1:
+        p.error("--duration, --connections and --threads-wrk must be at least 1")
+    if args.connections < args.threads_wrk:
+        p.error("--connections must be at least --threads-wrk")
+    if not shutil.which("wrk"):
+        p.error("wrk not found on PATH (Debian/Ubuntu: apt-get install wrk)")
+    return args
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    h = header(args)
+    print_header(h)
+    results: Dict[str, List[Dict[str, object]]] = {}
+    status = 0
+    try:
+        for scenario in args.scenarios:
+            results[scenario] = []
+            for server in args.servers:
+                results[scenario].append(measure(server, scenario, args))
+            print_table(scenario, results[scenario])
+        if "hello" in results:
+            target_check(results)
+    except KeyboardInterrupt:
+        print("interrupted: stopping servers", file=sys.stderr)
+        status = 130
+    finally:
+        Server.stop_all()
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"meta": h, "duration": args.duration, "results": results}, f,
+                          indent=2)
+            print("raw results written to %s" % args.json, file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

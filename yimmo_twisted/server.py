@@ -102,3 +102,33 @@ class Server(service.Service):
             session.transport.abortConnection()
         self.handoff.uninstall()
         self.pool.stop()
+
+
+class YimmoService(Server):
+    """
+    The server as a service for .tac files and the twistd plugin::
+
+        application = service.Application("myapp")
+        YimmoService(app="myapp:app", port=8081, no_threads=4).setServiceParent(application)
+
+    ``app`` is a ``MODULE:EXPR`` string or the WSGI callable itself; the keywords are the
+    names of the settings (see ``yimmo-wsgi --help``).  Environment variables apply
+    below them, as for the command.
+    """
+
+    def __init__(self, app, reactor=None, **settings) -> None:
+        from .config import ConfigError, from_environ, setting_names
+        from .util import load_app
+
+        unknown = sorted(set(settings) - set(setting_names()) - {"app"})
+        if unknown:
+            raise ConfigError("unknown setting(s): " + ", ".join(unknown))
+        values = from_environ()
+        listen = settings.pop("listen", None)
+        values.update({k: str(v) for k, v in settings.items()}, lambda o: "keyword " + o.name)
+        if listen:
+            values.listen = [listen] if isinstance(listen, str) else list(listen)
+        if isinstance(app, str):
+            values.app = app
+            app = load_app(app)
+        super().__init__(app, values, reactor)

@@ -73,12 +73,18 @@ class InputStream:
                 if not data:
                     return b"".join(parts)
                 parts.append(data)
-        while len(self._buf) < size:
-            data = self._pull()
-            if not data:
-                break
-            self._buf += data
-        data, self._buf = self._buf[:size], self._buf[size:]
+        buf = self._buf
+        if len(buf) < size:
+            parts = [buf]
+            have = len(buf)
+            while have < size:
+                data = self._pull()
+                if not data:
+                    break
+                parts.append(data)
+                have += len(data)
+            buf = b"".join(parts)
+        data, self._buf = buf[:size], buf[size:]
         return data
 
     def readline(self, size: Optional[int] = -1) -> bytes:

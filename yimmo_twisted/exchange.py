@@ -145,7 +145,7 @@ class Exchange:
 
     __slots__ = (
         "session", "environ", "body", "keep_alive", "http11", "head_only",
-        "expect_continue", "continue_sent",
+        "expect_continue", "continue_sent", "dispatched",
     )
 
     def __init__(self, session: "HTTPSession", environ: dict, body: Optional[RequestBody],
@@ -159,6 +159,7 @@ class Exchange:
         self.head_only = head_only
         self.expect_continue = expect_continue
         self.continue_sent = False
+        self.dispatched = False
 
 
 # -- framing helpers ---------------------------------------------------------------

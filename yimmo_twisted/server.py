@@ -99,9 +99,12 @@ class Server(service.Service):
         yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
         self.ports = []
         for session in list(self.sessions):
-            session.transport.abortConnection()
+            session.abort()
         self.handoff.uninstall()
         self.pool.stop()
+        log.info("served {requests} requests; thread hand-overs: {worker_wakeups} worker "
+                 "wake-ups, {reactor_wakeups} reactor wake-ups, {hops_per_request:.2f} "
+                 "per request", **self.pool.hops())
 
 
 class YimmoService(Server):

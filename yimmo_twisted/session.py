@@ -95,6 +95,7 @@ class HTTPSession(Protocol):
         self.worker = None  # the worker of the exchanges in flight
         self._new: List[Exchange] = []  # parsed in this dataReceived, not yet dispatched
         self._current: Optional[Exchange] = None  # the exchange whose body is being parsed
+        self._held: Optional[Exchange] = None  # _current, dispatched once its body is complete
         self._env: Optional[dict] = None  # environ of the request whose head is parsed
         self._error: Optional[bytes] = None  # a refusal, sent when the exchanges before it are
         self._stopped = False  # refuse all further input
@@ -127,12 +128,20 @@ class HTTPSession(Protocol):
         self.deadline = monotonic() + self.settings.idle_timeout
 
     def connectionLost(self, reason=None) -> None:
-        self._give_up()
         self.server.sessions.discard(self)
+        self._drop("client disconnected")
+
+    def abort(self) -> None:
+        """Server shutdown: drop the connection now, and wake a worker waiting on it."""
+        self._drop("server shutting down")
+        self.transport.abortConnection()
+
+    def _drop(self, why: str) -> None:
+        self._give_up()
         current = self._current
         if current is not None and current.body is not None:
-            current.body.fail(ClientDisconnected("client disconnected"))
-        self._current = None
+            current.body.fail(ClientDisconnected(why))
+        self._current = self._held = None
         self._new = []
 
     def _give_up(self) -> None:
@@ -294,14 +303,21 @@ class HTTPSession(Protocol):
             expect_continue = http11 and body is not None
         exchange = Exchange(self, env, body, parser.should_keep_alive(), http11,
                             method == "HEAD", expect_continue)
-        self._new.append(exchange)
-        if body is not None:
-            self._current = exchange
-            self.phase = _BODY
-            self.deadline = monotonic() + s.read_timeout
-        else:
+        if body is None:
+            self._new.append(exchange)
             self.phase = _APP
             self.deadline = None
+            return
+        self._current = exchange
+        self.phase = _BODY
+        self.deadline = monotonic() + s.read_timeout
+        if body.length is not None and body.length <= s.input_buffer and not expect_continue:
+            # A body that fits the input buffer is read whole before the app runs: then
+            # the app's reads never wait, and no worker is woken once per network read.
+            # Larger, chunked and 100-continue bodies stream to the app as they arrive.
+            self._held = exchange
+        else:
+            self._new.append(exchange)
 
     def _target(self, env: dict) -> None:
         """PATH_INFO and QUERY_STRING from the request target (RFC 9112 3.2)."""
@@ -339,6 +355,9 @@ class HTTPSession(Protocol):
         if current is not None:
             current.body.finish()
             self._current = None
+            if self._held is current:
+                self._held = None
+                self._new.append(current)
         self.phase = _APP
         self.deadline = None
 
@@ -349,6 +368,7 @@ class HTTPSession(Protocol):
         self._new = []
         pool = self.server.pool
         for exchange in new:
+            exchange.dispatched = True
             if not self.inflight:
                 self.worker = pool.pick()
             self.inflight += 1
@@ -427,9 +447,11 @@ class HTTPSession(Protocol):
         self._env = None
         current = self._current
         self._current = None
+        self._held = None
         if current is not None:
-            if current in self._new:
-                self._new.remove(current)  # never started: the refusal answers it
+            if not current.dispatched:
+                if current in self._new:
+                    self._new.remove(current)  # never started: the refusal answers it
             else:
                 # Its app is running and reading the body: the failure reaches it there,
                 # and its response (or our error for it) is the last on this connection.

@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from queue import SimpleQueue
+from time import monotonic
 from typing import Callable, List, Optional
 
 from twisted.logger import Logger
@@ -162,12 +163,16 @@ class Worker(threading.Thread):
         # Written by one thread each, so that their difference needs no lock.
         self.dispatched = 0  # by the reactor
         self.finished = 0  # by this worker
+        self.sleeps = 0  # times this worker found its queue empty and had to be woken
 
     def run(self) -> None:
-        get = self.queue.get
+        queue = self.queue
+        get = queue.get
         app = self.pool.app
         emit = self.pool.handoff.emit
         while True:
+            if queue.empty():
+                self.sleeps += 1
             exchange = get()
             if exchange is None:
                 return
@@ -213,10 +218,24 @@ class WorkerPool:
         self.dispatches += 1
         self.handoff.dispatch(worker, exchange)
 
+    def hops(self) -> dict:
+        """Thread hand-overs so far: how often a worker and the reactor had to be woken."""
+        requests = sum(w.finished for w in self.workers)
+        worker_wakeups = sum(w.sleeps for w in self.workers) - len(self.workers)
+        reactor_wakeups = self.handoff.wakeups
+        return {
+            "requests": requests,
+            "worker_wakeups": max(worker_wakeups, 0),
+            "reactor_wakeups": reactor_wakeups,
+            "hops_per_request": (max(worker_wakeups, 0) + reactor_wakeups) / requests
+            if requests else 0.0,
+        }
+
     def stop(self, timeout: float = 5.0) -> None:
-        """Let each worker finish its queue, then end it (waiting at most ``timeout``)."""
+        """Let each worker finish its queue, then end it (waiting at most ``timeout`` in all)."""
         for worker in self.workers:
             worker.queue.put(None)
+        deadline = monotonic() + timeout
         for worker in self.workers:
             if worker.is_alive():
-                worker.join(timeout)
+                worker.join(max(0.0, deadline - monotonic()))

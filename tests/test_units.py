@@ -1294,58 +1294,99 @@ def test_handoff_end_records_never_block():
     assert not t.is_alive()
 
 
-# -- worker.WorkerPool.pick --------------------------------------------------------------
+# -- worker.WorkerPool: GIL-aware dispatch, blocked workers, stealing ------------------
 
 
-def make_pool(n):
-    return WorkerPool(lambda e, s: [], n, Handoff(FakeReactor(), 1 << 20))
+def make_pool(n, steal_after=0.05):
+    return WorkerPool(lambda e, s: [], n, Handoff(FakeReactor(), 1 << 20), steal_after)
 
 
-def set_load(worker, load):
-    worker.dispatched = 10 + load
-    worker.finished = 10
+def asleep(*workers):
+    for w in workers:
+        w.sleeping = True
 
 
-def test_pick_first_idle():
+def test_pick_prefers_a_running_unblocked_worker():
     pool = make_pool(4)
-    assert pool.pick() is pool.workers[0]
-    set_load(pool.workers[0], 3)
-    set_load(pool.workers[1], 0)
-    set_load(pool.workers[2], 0)
+    asleep(*pool.workers)
+    pool.workers[2].sleeping = False
+    pool.workers[2].started = time.monotonic()  # running, just started: not blocked
+    assert pool.pick() is pool.workers[2]
+
+
+def test_pick_skips_a_blocked_worker_for_an_idle_one():
+    pool = make_pool(4)
+    asleep(*pool.workers)
+    pool.workers[0].sleeping = False
+    pool.workers[0].started = time.monotonic() - 1  # blocked for a second
+    assert pool.pick() is pool.workers[1]  # the first idle one
+
+
+def test_pick_shortest_queue_when_all_are_blocked():
+    pool = make_pool(3)
+    for w, queued in zip(pool.workers, (3, 1, 2)):
+        w.started = time.monotonic() - 1
+        w.queue.extend([object()] * queued)
     assert pool.pick() is pool.workers[1]
 
 
-def test_pick_least_loaded_when_none_idle():
+def test_flush_gives_the_whole_batch_to_one_worker_and_rings_it_once():
     pool = make_pool(4)
-    for w, load in zip(pool.workers, (3, 2, 1, 2)):
-        set_load(w, load)
-    assert pool.pick() is pool.workers[2]
-    for w, load in zip(pool.workers, (5, 1, 1, 7)):
-        set_load(w, load)
-    assert pool.pick() is pool.workers[1]  # ties: the lowest index
-    set_load(pool.workers[3], 0)
-    assert pool.pick() is pool.workers[3]
+    asleep(*pool.workers)
+    batch = [make_exchange() for _ in range(5)]
+    for ex in batch:
+        pool._batch.append(ex)
+    pool.flush()
+    assert list(pool.workers[0].queue) == batch
+    assert all(not w.queue for w in pool.workers[1:])
+    assert pool.workers[0]._bell.get_nowait() is None  # woken once
+    assert pool.workers[0]._bell.empty()
+    assert all(w.sleeping for w in pool.workers[1:])
 
 
-def test_dispatch_counts_and_queues():
+def test_rebalance_wakes_sleepers_for_work_behind_a_blocked_worker():
+    pool = make_pool(4)
+    asleep(*pool.workers)
+    blocked = pool.workers[0]
+    blocked.sleeping = False
+    blocked.started = time.monotonic() - 1
+    blocked.queue.extend([object(), object()])
+    assert pool.rebalance() is False  # nothing left to watch
+    woken = [w for w in pool.workers[1:] if not w.sleeping]
+    assert len(woken) == 2  # one per queued exchange
+
+
+def test_rebalance_asks_to_look_again_while_a_busy_worker_may_block():
     pool = make_pool(2)
-    ex = make_exchange()
-    w = pool.pick()
-    pool.dispatch(ex, w)
-    assert w.dispatched == 1 and pool.dispatches == 1
-    assert w.queue.get_nowait() is ex
-    assert pool.pick() is pool.workers[1]  # worker 0 is busy now
+    asleep(*pool.workers)
+    busy = pool.workers[0]
+    busy.sleeping = False
+    busy.started = time.monotonic()
+    busy.queue.append(object())
+    assert pool.rebalance() is True
+    assert pool.workers[1].sleeping  # not woken yet: the busy one is not blocked
 
 
-def test_worker_runs_app_and_finishes_on_sentinel():
+def test_steal_only_from_a_blocked_worker():
+    pool = make_pool(2)
+    victim, thief = pool.workers
+    item = object()
+    victim.queue.append(item)
+    victim.started = time.monotonic()
+    assert pool.steal(thief) is None  # running but not blocked: its queue is its own
+    victim.started = time.monotonic() - 1
+    assert pool.steal(thief) is item
+
+
+def test_worker_runs_app_and_stops():
     reactor = FakeReactor()
     h = Handoff(reactor, 1 << 20)
     pool = WorkerPool(app_for(body=[b"hi"]), 1, h)
     pool.start()
     s = delivering_session()
     ex = make_exchange(session=s)
-    w = pool.pick()
-    pool.dispatch(ex, w)
+    pool.submit(ex)
+    w = pool.workers[0]
     deadline = time.monotonic() + 5
     while w.finished < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -1356,3 +1397,67 @@ def test_worker_runs_app_and_finishes_on_sentinel():
     status, headers, payload = parse_response(b"".join(d for _, d, _ in s.delivered if d))
     assert payload == b"hi"
     assert s.delivered[-1][2] == DONE
+
+
+def test_blocked_worker_has_its_queue_stolen_by_idle_workers():
+    """Four sleeping exchanges given as one batch still run side by side."""
+    reactor = FakeReactor()
+    h = Handoff(reactor, 1 << 20)
+
+    def app(environ, start_response):
+        time.sleep(0.3)
+        start_response("200 OK", [])
+        return [b"z"]
+
+    pool = WorkerPool(app, 4, h, steal_after=0.01)
+    pool.start()
+    try:
+        sessions = [delivering_session() for _ in range(4)]
+        t0 = time.monotonic()
+        for s in sessions:
+            pool._batch.append(make_exchange(session=s))
+        pool.flush()  # all four to one worker
+        while sum(w.finished for w in pool.workers) < 4 and time.monotonic() - t0 < 3:
+            pool.rebalance()  # what the reactor does each iteration
+            time.sleep(0.005)
+        elapsed = time.monotonic() - t0
+        assert sum(w.finished for w in pool.workers) == 4
+        assert elapsed < 0.6, elapsed  # side by side, not 4 x 0.3 s
+        assert sum(1 for w in pool.workers if w.finished) == 4
+    finally:
+        pool.stop(5)
+
+
+# -- generator applications (start_response from inside the iterable) -------------------
+
+
+def test_generator_app_may_call_start_response_on_first_iteration():
+    def app(environ, start_response):
+        yield b""
+        start_response("200 OK", [("X-Gen", "1")])
+        yield b"gen"
+    ex, rec = run(app)
+    status, headers, payload = parse_response(rec.wire)
+    assert status == "HTTP/1.1 200 OK"
+    assert headers["x-gen"] == ["1"]
+    assert dechunk(payload) == b"gen"
+    assert rec.final == DONE
+
+
+def test_generator_app_never_calling_start_response_gives_500():
+    def app(environ, start_response):
+        yield b"data without a status"
+    ex, rec = run(app)
+    status, headers, payload = parse_response(rec.wire)
+    assert status.startswith("HTTP/1.1 500 ")
+    assert b"data without a status" not in rec.wire
+    assert rec.final == CLOSE
+
+
+def test_empty_generator_app_never_calling_start_response_gives_500():
+    def app(environ, start_response):
+        return iter(())
+    ex, rec = run(app)
+    status, headers, payload = parse_response(rec.wire)
+    assert status.startswith("HTTP/1.1 500 ")
+    assert rec.final == CLOSE

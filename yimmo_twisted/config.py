@@ -103,6 +103,9 @@ OPTIONS = (
            "response bytes not yet written before the application's writes wait"),
     Option("max_pipeline", _positive_int, "YIMMO_MAX_PIPELINE", ("--max-pipeline",),
            "requests of one connection queued before reading from it pauses"),
+    Option("steal_after", _seconds, "YIMMO_STEAL_AFTER", ("--steal-after",),
+           "seconds an exchange may run before the worker is taken to be blocked and "
+           "idle workers take the exchanges queued behind it"),
     Option("linger", _seconds, "YIMMO_LINGER", ("--linger",),
            "seconds to drain a client's input after an error response before closing"),
 )
@@ -127,6 +130,7 @@ class Settings:
     input_buffer: int = 1 << 20
     output_buffer: int = 1 << 20
     max_pipeline: int = 32
+    steal_after: float = 0.001
     linger: float = 2.0
 
     def endpoints(self) -> List[str]:

@@ -47,7 +47,7 @@ class Server(service.Service):
         self.settings = settings
         self.sessions: Set[HTTPSession] = set()
         self.handoff = Handoff(reactor, settings.output_buffer)
-        self.pool = WorkerPool(app, settings.no_threads, self.handoff)
+        self.pool = WorkerPool(app, settings.no_threads, self.handoff, settings.steal_after)
         self.ports: List = []
         self.base_environ = {
             "SCRIPT_NAME": "",
@@ -67,7 +67,7 @@ class Server(service.Service):
     def startService(self):
         service.Service.startService(self)
         self.pool.start()
-        self.handoff.install()
+        self.pool.install(self.reactor)
         factory = SessionFactory(self)
         for description in self.settings.endpoints():
             endpoint = endpoints.serverFromString(self.reactor, description)
@@ -100,7 +100,7 @@ class Server(service.Service):
         self.ports = []
         for session in list(self.sessions):
             session.abort()
-        self.handoff.uninstall()
+        self.pool.uninstall()
         self.pool.stop()
         log.info("served {requests} requests; thread hand-overs: {worker_wakeups} worker "
                  "wake-ups, {reactor_wakeups} reactor wake-ups, {hops_per_request:.2f} "

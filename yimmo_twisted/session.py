@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import deque
 from time import monotonic
 from typing import TYPE_CHECKING, List, Optional
 from urllib.parse import unquote_to_bytes
@@ -91,8 +92,9 @@ class HTTPSession(Protocol):
         self.writer_waiting = False
         self.writable = threading.Event()
         # Exchanges.
-        self.inflight = 0  # dispatched and not yet done
-        self.worker = None  # the worker of the exchanges in flight
+        self.inflight = 0  # parsed and not yet done
+        self._running = False  # one exchange is on a worker
+        self._pipeline: deque = deque()  # parsed, waiting for the one running to be done
         self._new: List[Exchange] = []  # parsed in this dataReceived, not yet dispatched
         self._current: Optional[Exchange] = None  # the exchange whose body is being parsed
         self._held: Optional[Exchange] = None  # _current, dispatched once its body is complete
@@ -143,6 +145,7 @@ class HTTPSession(Protocol):
             current.body.fail(ClientDisconnected(why))
         self._current = self._held = None
         self._new = []
+        self._pipeline.clear()
 
     def _give_up(self) -> None:
         """No more output: wake a worker waiting to write, let queued exchanges be skipped."""
@@ -364,17 +367,27 @@ class HTTPSession(Protocol):
     # -- dispatch and delivery --------------------------------------------------------
 
     def _dispatch_new(self) -> None:
-        new = self._new
+        self._pipeline.extend(self._new)
+        self.inflight += len(self._new)
         self._new = []
-        pool = self.server.pool
-        for exchange in new:
-            exchange.dispatched = True
-            if not self.inflight:
-                self.worker = pool.pick()
-            self.inflight += 1
-            pool.dispatch(exchange, self.worker)
-        if self.inflight > self.settings.max_pipeline:
+        if not self._running:
+            self._dispatch_next()
+        if len(self._pipeline) > self.settings.max_pipeline:
             self._pause_reading(_PAUSE_PIPELINE)
+
+    def _dispatch_next(self) -> None:
+        """
+        Start the oldest parsed exchange.  One at a time per session: pipelined requests
+        wait here, not on a worker, so any worker may run them and their responses still
+        leave in request order.
+        """
+        if self._pipeline:
+            exchange = self._pipeline.popleft()
+            exchange.dispatched = True
+            self._running = True
+            self.server.pool.submit(exchange)
+        else:
+            self._running = False
 
     def deliver(self, exchange: Exchange, data: Optional[bytes], end: int) -> None:
         """Output of a worker (reactor thread, from Handoff.drain)."""
@@ -411,6 +424,7 @@ class HTTPSession(Protocol):
 
     def _done(self, exchange: Exchange, end: int) -> None:
         self.inflight -= 1
+        self._running = False
         if end == ABORT:
             self._give_up()
             self.transport.abortConnection()
@@ -423,7 +437,9 @@ class HTTPSession(Protocol):
             self._close(linger=unread)
             return
         if self.inflight:
-            if self._pauses & _PAUSE_PIPELINE and self.inflight <= self.settings.max_pipeline // 2:
+            self._dispatch_next()
+            if self._pauses & _PAUSE_PIPELINE and (
+                    len(self._pipeline) <= self.settings.max_pipeline // 2):
                 self._resume_reading(_PAUSE_PIPELINE)
             return
         if self._error is not None:
@@ -450,8 +466,12 @@ class HTTPSession(Protocol):
         self._held = None
         if current is not None:
             if not current.dispatched:
+                # Never started: the refusal answers it.
                 if current in self._new:
-                    self._new.remove(current)  # never started: the refusal answers it
+                    self._new.remove(current)
+                elif current in self._pipeline:
+                    self._pipeline.remove(current)
+                    self.inflight -= 1
             else:
                 # Its app is running and reading the body: the failure reaches it there,
                 # and its response (or our error for it) is the last on this connection.

@@ -1,24 +1,26 @@
 """
-Worker threads, their input queues, and the handoff of output back to the reactor.
+Worker threads, their queues, and the handoff of exchanges and output between them and
+the reactor thread.  This is where a threaded Python server wins or loses: every hop
+between threads is a wake-up (a futex, a context switch) and a change of GIL owner.
 
-The hops between threads are the cost centre of a threaded WSGI server, so they are
-explicit here and counted:
+GIL-aware dispatch.  Python code runs one thread at a time, so two runnable workers do
+not finish CPU work sooner than one; they only pass the GIL back and forth, and take it
+from the reactor at each of its syscalls.  Threads pay off when the app *blocks* (sleep,
+database, network), and then it does not hold the GIL.  So:
 
-* reactor -> worker: ``SimpleQueue.put`` of the exchange onto the chosen worker's own
-  queue.  An idle worker sleeps in ``SimpleQueue.get``, a C-level wait that releases the
-  GIL, and is woken by that put; nothing else is needed.
-* worker -> reactor: ``Handoff.emit`` appends ``(exchange, bytes, end)`` to one deque
-  shared by all workers and wakes the reactor only if no wake-up is already pending.  One
-  ``callFromThread`` (one write to the reactor's waker pipe) thus carries every record
-  queued until the reactor runs, however many exchanges and chunks that is.
+* The exchanges parsed during one reactor iteration are given to one worker as a batch,
+  just before the reactor sleeps in epoll (where it releases the GIL).  A worker that is
+  already running and not blocked takes them without being woken at all.
+* A worker whose current exchange has run for longer than ``steal_after`` is taken to be
+  blocked: other workers are woken and take (steal) the exchanges queued behind it.  So a
+  sleeping app still gets all ``no_threads`` threads, within ``steal_after`` of needing them.
+* Output goes back through one FIFO shared by all workers (``Handoff``); the reactor
+  collects it after each iteration, and a worker wakes the reactor only when it sleeps.
 
-A hello-world exchange therefore costs two hops: one put and at most one wake-up, fewer
-under load when wake-ups are shared.  ``Handoff.wakeups`` and ``WorkerPool.dispatches``
-count them.
-
-The reactor never waits on a worker.  A worker waits on the reactor only when its
-client is slow (``Session.paused`` or too many bytes not yet written): that is the
-producer/consumer backpressure of Twisted carried over to the thread.
+Under load a hello-world exchange costs far less than one wake-up each way (both are
+counted: ``WorkerPool.hops``).  The reactor never waits on a worker.  A worker waits on the
+reactor only when its client is slow (the session is paused by its transport, or too
+many bytes are not yet written): Twisted's producer/consumer carried over to the thread.
 """
 
 from __future__ import annotations
@@ -39,73 +41,20 @@ log = Logger(namespace="yimmo.worker")
 
 class Handoff:
     """
-    The meeting point of the reactor thread and the workers: output of all workers on
-    its way to the reactor in one FIFO, and exchanges on their way to workers.
-
-    With ``install`` the handoff hooks the reactor's iteration, which makes it GIL-aware:
-    exchanges parsed during an iteration are put on worker queues just before the
-    reactor sleeps in epoll (where it releases the GIL for the workers), instead of waking
-    a worker that would fight the reactor for the GIL after each of its syscalls; and
-    output is collected after each iteration, so a worker wakes the reactor only when it
-    is asleep.  Without the hook, every batch of output costs one ``callFromThread``.
+    Output of all workers on its way to the reactor thread, in one FIFO.  While the pool
+    hooks the reactor's iteration (``WorkerPool.install``), the reactor drains it after
+    each iteration and needs waking only while it sleeps; otherwise each batch of output
+    costs one ``callFromThread``.
     """
 
     def __init__(self, reactor, output_buffer: int) -> None:
         self._reactor = reactor
         self._records: deque = deque()
-        self._dispatches: list = []
-        self._hooked = False
-        self._sleeping = True  # unhooked: always wake the reactor
+        self.hooked = False
+        self.sleeping = True  # the reactor may be asleep: wake it for output
         self._wake_pending = False
         self._output_buffer = output_buffer
         self.wakeups = 0
-
-    def install(self) -> None:
-        """Hook the reactor's iteration (reactor thread, before it runs)."""
-        iterate = getattr(self._reactor, "doIteration", None)
-        if iterate is None or self._hooked:
-            return  # a reactor driven by another loop (asyncio): callFromThread it is
-        records = self._records
-
-        def doIteration(timeout):
-            if self._dispatches:
-                self._flush_dispatches()
-            self._sleeping = True
-            if records:
-                timeout = 0  # output is waiting: poll, don't sleep
-            try:
-                iterate(timeout)
-            finally:
-                self._sleeping = False
-                if records:
-                    self.drain()
-
-        self._reactor.doIteration = doIteration
-        self._hooked = True
-
-    def uninstall(self) -> None:
-        if self._hooked:
-            del self._reactor.doIteration
-            self._hooked = False
-            self._sleeping = True
-            self._flush_dispatches()
-            if self._records:
-                self._reactor.callFromThread(self.drain)
-
-    # -- reactor -> worker -------------------------------------------------------------
-
-    def dispatch(self, worker: "Worker", exchange: Exchange) -> None:
-        worker.dispatched += 1
-        if self._hooked:
-            self._dispatches.append((worker, exchange))
-        else:
-            worker.queue.put(exchange)
-
-    def _flush_dispatches(self) -> None:
-        dispatches = self._dispatches
-        self._dispatches = []
-        for worker, exchange in dispatches:
-            worker.queue.put(exchange)
 
     # -- worker -> reactor -------------------------------------------------------------
 
@@ -117,10 +66,10 @@ class Handoff:
         # Append before testing the flags; the reactor clears them before it pops: then a
         # record is either seen by a drain under way or causes a wake-up.
         self._records.append((exchange, data, end))
-        if self._sleeping and not self._wake_pending:
+        if self.sleeping and not self._wake_pending:
             self._wake_pending = True
             self.wakeups += 1
-            if self._hooked:
+            if self.hooked:
                 self._reactor.wakeUp()
             else:
                 self._reactor.callFromThread(self.drain)
@@ -144,6 +93,10 @@ class Handoff:
         finally:
             session.writer_waiting = False
 
+    @property
+    def pending(self) -> bool:
+        return bool(self._records)
+
     def drain(self) -> None:
         """Deliver every queued record (reactor thread)."""
         self._wake_pending = False
@@ -153,29 +106,46 @@ class Handoff:
             exchange.session.deliver(exchange, data, end)
 
 
+_STOP = object()
+
+
 class Worker(threading.Thread):
-    """One thread running the application, fed by its own queue."""
+    """One thread running the application, fed by its own queue (and others' when blocked)."""
 
     def __init__(self, pool: "WorkerPool", index: int) -> None:
         super().__init__(name="yimmo-worker-%d" % index, daemon=True)
-        self.queue: SimpleQueue = SimpleQueue()
         self.pool = pool
-        # Written by one thread each, so that their difference needs no lock.
-        self.dispatched = 0  # by the reactor
-        self.finished = 0  # by this worker
-        self.sleeps = 0  # times this worker found its queue empty and had to be woken
+        self.queue: deque = deque()  # exchanges given to this worker, taken from the left
+        self._bell: SimpleQueue = SimpleQueue()  # a C-level wait that releases the GIL
+        self.sleeping = False
+        self.started = 0.0  # monotonic start of the current exchange; 0.0 between exchanges
+        self.finished = 0
+        self.sleeps = 0  # times this worker went to sleep and had to be woken
+
+    def wake(self) -> None:
+        """Wake this worker if it sleeps (reactor thread).  An extra ring is harmless."""
+        if self.sleeping:
+            self.sleeping = False
+            self._bell.put(None)
 
     def run(self) -> None:
-        queue = self.queue
-        get = queue.get
         app = self.pool.app
         emit = self.pool.handoff.emit
+        take = self._take
         while True:
-            if queue.empty():
-                self.sleeps += 1
-            exchange = get()
+            exchange = take()
             if exchange is None:
-                return
+                self.sleeping = True
+                # Test again after raising the flag: work given before the flag was seen
+                # would otherwise wait for the next ring.
+                exchange = take()
+                if exchange is None:
+                    self.sleeps += 1
+                    if self._bell.get() is _STOP:
+                        return
+                    continue
+                self.sleeping = False
+            self.started = monotonic()
             try:
                 if not exchange.session.gone:
                     Context(exchange, emit).run(app)
@@ -183,40 +153,152 @@ class Worker(threading.Thread):
                     exchange.body.release()
             except BaseException:  # the worker outlives anything an app raises
                 log.failure("unexpected error in worker {name}", name=self.name)
+            self.started = 0.0
             self.finished += 1
+
+    def _take(self) -> Optional[Exchange]:
+        try:
+            return self.queue.popleft()
+        except IndexError:
+            return self.pool.steal(self)
+
+    def stop(self) -> None:
+        self._bell.put(_STOP)
 
 
 class WorkerPool:
-    """``no_threads`` workers; the reactor dispatches exchanges to them."""
+    """``no_threads`` workers; exchanges are submitted on the reactor thread."""
 
-    def __init__(self, app: Callable, no_threads: int, handoff: Handoff) -> None:
+    def __init__(self, app: Callable, no_threads: int, handoff: Handoff,
+                 steal_after: float = 0.001) -> None:
         self.app = app
         self.handoff = handoff
+        self.steal_after = steal_after
         self.workers: List[Worker] = [Worker(self, i) for i in range(no_threads)]
-        self.dispatches = 0
+        self._batch: list = []
+        self.submitted = 0
+        self._reactor = None
 
     def start(self) -> None:
         for worker in self.workers:
             worker.start()
 
+    # -- reactor side ------------------------------------------------------------------
+
+    def submit(self, exchange: Exchange) -> None:
+        """Run ``exchange`` on some worker, soon (reactor thread)."""
+        self.submitted += 1
+        self._batch.append(exchange)
+        if self._reactor is None:
+            self.flush()  # not hooked into the reactor: no iteration end to wait for
+
+    def flush(self) -> None:
+        """Give the exchanges submitted since the last flush to one worker."""
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = []
+        worker = self.pick()
+        worker.queue.extend(batch)
+        worker.wake()
+
     def pick(self) -> Worker:
         """
-        The first idle worker, else the least loaded.  Preferring the lowest index keeps
-        a light load on few threads, which means fewer GIL hand-overs.
+        A worker that is awake and not blocked (it will take the batch without a
+        wake-up), else an idle one, else the one with the shortest queue.  Lower
+        indexes first, so a light load stays on few threads.
         """
-        best = None
-        best_load = 0
+        now = monotonic()
+        idle = None
+        shortest = None
         for worker in self.workers:
-            load = worker.dispatched - worker.finished
-            if load == 0:
-                return worker
-            if best is None or load < best_load:
-                best, best_load = worker, load
-        return best
+            if not worker.sleeping:
+                started = worker.started
+                if not started or now - started < self.steal_after:
+                    return worker
+            elif idle is None and not worker.queue:
+                idle = worker
+            if shortest is None or len(worker.queue) < len(shortest.queue):
+                shortest = worker
+        return idle or shortest
 
-    def dispatch(self, exchange: Exchange, worker: Worker) -> None:
-        self.dispatches += 1
-        self.handoff.dispatch(worker, exchange)
+    def rebalance(self) -> bool:
+        """
+        Wake sleeping workers for the exchanges queued behind a blocked one (reactor
+        thread, each iteration).  True while such exchanges wait behind a worker that may
+        block soon, and idle workers could take them: then the reactor must look again
+        within ``steal_after``.
+        """
+        now = monotonic()
+        stuck = 0
+        watch = False
+        for worker in self.workers:
+            if worker.queue and worker.started:
+                if now - worker.started >= self.steal_after:
+                    stuck += len(worker.queue)
+                else:
+                    watch = True
+        if not (stuck or watch):
+            return False
+        sleepers = [w for w in self.workers if w.sleeping]
+        for worker in sleepers[:stuck]:
+            worker.wake()
+        return watch and len(sleepers) > stuck
+
+    def steal(self, thief: Worker) -> Optional[Exchange]:
+        """An exchange queued behind a blocked worker, for ``thief`` to run (worker thread)."""
+        now = monotonic()
+        for worker in self.workers:
+            if worker is not thief and worker.queue:
+                started = worker.started
+                if started and now - started >= self.steal_after:
+                    try:
+                        return worker.queue.popleft()
+                    except IndexError:
+                        pass
+        return None
+
+    def install(self, reactor) -> None:
+        """
+        Hook the reactor's iteration (before it runs): flush the batch and collect the
+        output around each sleep in epoll.  Reactors driven by another loop (asyncio)
+        have no ``doIteration``: then every submit and every output is a hop of its own.
+        """
+        iterate = getattr(reactor, "doIteration", None)
+        if iterate is None or self._reactor is not None:
+            return
+        handoff = self.handoff
+        steal_after = self.steal_after
+
+        def doIteration(timeout):
+            if self._batch:
+                self.flush()
+            if self.rebalance() and (timeout is None or timeout > steal_after):
+                timeout = steal_after
+            handoff.sleeping = True
+            if handoff.pending:
+                timeout = 0  # output is waiting: poll, don't sleep
+            try:
+                iterate(timeout)
+            finally:
+                handoff.sleeping = False
+                if handoff.pending:
+                    handoff.drain()
+
+        reactor.doIteration = doIteration
+        self._reactor = reactor
+        handoff.hooked = True
+
+    def uninstall(self) -> None:
+        reactor = self._reactor
+        if reactor is not None:
+            del reactor.doIteration
+            self._reactor = None
+            self.handoff.hooked = False
+            self.handoff.sleeping = True
+            self.flush()
+            if self.handoff.pending:
+                reactor.callFromThread(self.handoff.drain)
 
     def hops(self) -> dict:
         """Thread hand-overs so far: how often a worker and the reactor had to be woken."""
@@ -234,7 +316,7 @@ class WorkerPool:
     def stop(self, timeout: float = 5.0) -> None:
         """Let each worker finish its queue, then end it (waiting at most ``timeout`` in all)."""
         for worker in self.workers:
-            worker.queue.put(None)
+            worker.stop()
         deadline = monotonic() + timeout
         for worker in self.workers:
             if worker.is_alive():

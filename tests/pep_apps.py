@@ -89,6 +89,13 @@ def env_app(environ, start_response):
         err.flush()
     if q.get("read"):
         probes["body"] = inp.read().decode("latin-1")
+    if q.get("mutate"):
+        # Apps may change their environ at will; the next request must not see it.
+        environ["HTTP_X_LEAKED"] = "leaked"
+        environ["SCRIPT_NAME"] = "/leaked"
+        environ["wsgi.url_scheme"] = "leaked"
+        environ["QUERY_STRING"] = "leaked"
+        environ.pop("SERVER_NAME", None)
     return send_json(start_response, {"environ": report, "probes": probes})
 
 
@@ -396,6 +403,36 @@ def write_empty_then_sleep_app(environ, start_response):
     return [b"late body"]
 
 
+def early_then_sleep_app(environ, start_response):
+    """Yields a chunk, sleeps: the chunk must reach the client before the sleep ends."""
+    t = float(query(environ).get("t", "1.0"))
+    start_response("200 OK", [("Content-Type", "text/plain")])
+
+    def gen():
+        yield b"early"
+        time.sleep(t)
+        yield b"-late"
+    return gen()
+
+
+def write_early_then_sleep_app(environ, start_response):
+    t = float(query(environ).get("t", "1.0"))
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    write(b"early")
+    time.sleep(t)
+    return [b"-late"]
+
+
+def generator_app(environ, start_response):
+    """A generator function as the app: start_response runs on the first next()."""
+    q = query(environ)
+    if q.get("empty_first"):
+        yield b""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("X-From", "generator")])
+    yield b"from "
+    yield b"a generator"
+
+
 def raise_before_app(environ, start_response):
     token = query(environ).get("token", "raise-before")
     raise RuntimeError("app failure before headers " + token)
@@ -426,6 +463,9 @@ ROUTES = {
     "/write-iter": write_iter_app,
     "/empty-then-sleep": empty_then_sleep_app,
     "/write-empty-then-sleep": write_empty_then_sleep_app,
+    "/early-then-sleep": early_then_sleep_app,
+    "/write-early-then-sleep": write_early_then_sleep_app,
+    "/generator": generator_app,
     "/raise-before": raise_before_app,
     "/raise-after": raise_after_app,
 }

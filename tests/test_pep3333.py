@@ -279,6 +279,36 @@ def test_environ_http10(server):
     assert "HTTP_HOST" not in env
 
 
+def test_environ_is_fresh_for_each_request_on_a_connection(server):
+    with server.connect() as c:
+        c.send(rawhttp.request("GET", "/env?mutate=1"))
+        first = c.read_response().json()["environ"]
+        c.send(rawhttp.request("GET", "/env", [("Connection", "close")]))
+        second = c.read_response().json()["environ"]
+    assert "HTTP_X_LEAKED" not in second
+    assert second["SCRIPT_NAME"] == ["str", ""]
+    assert second["wsgi.url_scheme"] == ["str", "http"]
+    assert second["QUERY_STRING"] == ["str", ""]
+    assert second["SERVER_NAME"] == ["str", "127.0.0.1"]
+    assert second["REMOTE_PORT"] == first["REMOTE_PORT"]
+    # And on a new connection too.
+    assert "HTTP_X_LEAKED" not in environ_of(server)
+
+
+@pytest.mark.parametrize("target,key,value", [
+    (b"/env?q=\xc3\xa9", "QUERY_STRING", "q=\xc3\xa9"),
+    (b"/caf\xc3\xa9", "PATH_INFO", "/caf\xc3\xa9"),
+])
+def test_environ_raw_non_ascii_target_is_latin1_or_refused(server, target, key, value):
+    """Unencoded bytes > 0x7F in the target: a 400, or passed on as latin-1 characters."""
+    with server.connect() as c:
+        c.send(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        r = c.read_response()
+    assert r.status in (200, 400), r
+    if r.status == 200:
+        assert r.json()["environ"][key] == ["str", value]
+
+
 def test_wsgi_errors_goes_to_the_log(server):
     token = new_key()
     r = request(server, target="/env?err=" + token)
@@ -594,6 +624,33 @@ def test_head_waits_for_the_first_non_empty_chunk(server, path):
     assert r.body == b"late body"
 
 
+@pytest.mark.parametrize("path", ["/early-then-sleep", "/write-early-then-sleep"])
+def test_each_chunk_is_sent_before_the_next_is_requested(server, path):
+    """PEP 3333: yielded (and written) bytes are transmitted unbuffered."""
+    with server.connect() as c:
+        c.send(rawhttp.request("GET", path + "?t=1.5", [("Connection", "close")]))
+        started = time.monotonic()
+        version, status, reason, headers, raw = c.read_head(timeout=1.0)
+        assert status == 200
+        early = b""
+        while b"early" not in early and time.monotonic() - started < 1.0:
+            early += c.read_some(timeout=max(0.01, 1.0 - (time.monotonic() - started)))
+        assert b"early" in early, "the first chunk was held back: %r" % early
+        assert time.monotonic() - started < 1.0
+        rest = early + c.read_until_close(timeout=5)
+    body = dechunk(rest) if ("transfer-encoding", "chunked") in headers else rest
+    assert body == b"early-late"
+
+
+@pytest.mark.parametrize("empty_first", [False, True])
+def test_generator_app_calls_start_response_on_first_iteration(server, empty_first):
+    target = "/generator" + ("?empty_first=1" if empty_first else "")
+    r = request(server, target=target)
+    assert r.status == 200, r
+    assert r.header("x-from") == "generator"
+    assert r.body == b"from a generator"
+
+
 # -- application errors -------------------------------------------------------------------------
 
 
@@ -663,6 +720,32 @@ def test_close_called_once_on_exception_before_first_chunk(server):
     wait_stats(server, key, lambda s: s["closed"] >= 1)
     time.sleep(0.2)
     assert stats(server, key)["closed"] == 1
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_close_called_once_when_a_stalled_client_disconnects(server, how):
+    """The worker waits for a client that does not read; the client then goes away."""
+    key = new_key()
+    c = server.connect()
+    try:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.send(rawhttp.request("GET", "/stream?key=%s&size=%d&block=65536" % (key, 1 << 40)))
+        wait_stats(server, key, lambda s: s.get("produced", 0) > 0)
+        time.sleep(0.5)  # the worker is now blocked on the full socket
+        s = stats(server, key)
+        assert s["closed"] == 0 and s["produced"] < 64 << 20
+    finally:
+        if how == "reset":
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00"
+                              b"\x00\x00\x00\x00")
+        c.close()
+    s = wait_stats(server, key, lambda s: s["closed"] >= 1, timeout=3)
+    assert s["closed"] == 1, "close() not called within 3 s of the disconnect: %r" % s
+    produced = s["produced"]
+    time.sleep(0.3)
+    s = stats(server, key)
+    assert s["closed"] == 1 and s["next_after_close"] == 0
+    assert s["produced"] == produced
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])

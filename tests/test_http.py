@@ -94,7 +94,9 @@ def test_hello_has_date_and_server_headers(server):
     assert r.header("content-length") == "14"
     assert r.header("server").startswith("yimmo-twisted")
     date = r.header("date")
-    assert date.endswith(" GMT")
+    # RFC 9110 5.6.7: IMF-fixdate
+    assert re.fullmatch(r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug"
+                        r"|Sep|Oct|Nov|Dec) \d{4} \d\d:\d\d:\d\d GMT", date), date
     assert abs(parsedate_to_datetime(date).timestamp() - time.time()) < 5
 
 
@@ -327,14 +329,16 @@ def test_chunked_body_with_extensions_and_trailers(server):
 
 
 @pytest.mark.parametrize("ext", [b"5 ;x=y", b"5; x=y", b"5 ; x = y", b"5\t;x=y"])
-def test_chunk_extension_bad_whitespace_accepted(server, ext):
-    """RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] ), and
-    RFC 9110 5.6.3: recipients MUST parse BWS and remove it."""
+def test_chunk_extension_whitespace_refused(server, ext):
+    """RFC 9112 7.1.1 allows BWS around the ";" of a chunk extension, but whitespace in
+    chunk lines is a known request-smuggling lever between parsers that disagree on it,
+    and llhttp (strict, as nginx and node) refuses it: so do we, with a 400 and a close."""
     body = ext + b"\r\nhello\r\n0\r\n\r\n"
     with server.connect() as c:
         c.send(req("POST", "/echo", [("Transfer-Encoding", "chunked")], body))
         r = c.read_response()
-        assert r.status == 200 and r.body == b"hello", r
+        assert r.status == 400, r
+        assert_closed(c)
 
 
 def test_chunked_body_uppercase_hex_and_leading_zeros(server):
@@ -666,6 +670,18 @@ def test_body_content_length_too_large_413(serve):
     assert_refused(s, req("POST", "/noread", [("Content-Length", str(10 ** 12))]), 413)
 
 
+def test_413_readable_while_client_keeps_sending(serve):
+    """The refusal must reach a client that is still uploading (no reset destroys it)."""
+    s = serve("apps:app", "--max-body-size", "100", "--linger", "2")
+    with s.connect() as c:
+        c.send(req("POST", "/echo", [("Content-Length", str(10 ** 7))]))
+        sender = threading.Thread(target=c.try_send, args=(b"x" * (2 << 20),), daemon=True)
+        sender.start()
+        r = c.read_response(timeout=3)
+        assert r.status == 413 and r.connection_close
+        sender.join(5)
+
+
 def test_body_chunked_too_large_413(serve):
     s = serve("apps:app", "--max-body-size", "100", "--linger", "1")
     r = s.exchange(req("POST", "/echo", [("Transfer-Encoding", "chunked")],
@@ -860,9 +876,13 @@ def test_refused(server, data, status):
     assert_refused(server, data, status)
 
 
-@pytest.mark.parametrize("data,status", [r[1:] for r in REFUSED if r[0] in (
-    "cl-and-te", "chunk-size-not-hex", "unknown-method", "http-2.0", "obs-fold",
-    "nul-in-value")], ids=lambda v: "")
+AFTER_GOOD = [r for r in REFUSED if r[0] in (
+    "cl-and-te", "chunk-size-not-hex", "unknown-method", "garbage-method", "http-2.0",
+    "obs-fold", "nul-in-value")]
+
+
+@pytest.mark.parametrize("data,status", [r[1:] for r in AFTER_GOOD],
+                         ids=[r[0] for r in AFTER_GOOD])
 def test_refused_after_a_good_request(server, data, status):
     """The refusal comes after the response to the request before it, in order."""
     key = uuid.uuid4().hex

@@ -89,20 +89,29 @@ class InputStream:
 
     def readline(self, size: Optional[int] = -1) -> bytes:
         limit = size if size is not None and size >= 0 else sys.maxsize
-        while True:
-            nl = self._buf.find(b"\n", 0, limit)
-            if nl >= 0:
-                end = nl + 1
-                break
-            if len(self._buf) >= limit:
-                end = limit
-                break
-            data = self._pull()
-            if not data:
-                end = len(self._buf)
-                break
-            self._buf += data
-        line, self._buf = self._buf[:end], self._buf[end:]
+        buf = self._buf
+        nl = buf.find(b"\n", 0, limit)
+        if nl < 0 and len(buf) < limit:
+            # Gather chunks in a list and search only the new one: a long line must not
+            # cost a copy of everything read so far per chunk.
+            parts = [buf]
+            have = len(buf)
+            while True:
+                data = self._pull()
+                if not data:
+                    break
+                i = data.find(b"\n", 0, limit - have)
+                parts.append(data)
+                if i >= 0:
+                    nl = have + i
+                    have += len(data)
+                    break
+                have += len(data)
+                if have >= limit:
+                    break
+            buf = b"".join(parts)
+        end = nl + 1 if nl >= 0 else min(limit, len(buf))
+        line, self._buf = buf[:end], buf[end:]
         return line
 
     def readlines(self, hint: Optional[int] = -1) -> list:

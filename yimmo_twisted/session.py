@@ -25,7 +25,7 @@ from httptools import (
     HttpParserUpgrade, HttpRequestParser, parse_url,
 )
 from twisted.internet import tcp
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -76,7 +76,7 @@ def _header_key(name: bytes) -> str:
     return key
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHalfCloseableProtocol)
 class HTTPSession(Protocol):
     """One connection.  Also the push producer its transport pauses when the client is slow."""
 
@@ -101,6 +101,7 @@ class HTTPSession(Protocol):
         self._env: Optional[dict] = None  # environ of the request whose head is parsed
         self._error: Optional[bytes] = None  # a refusal, sent when the exchanges before it are
         self._stopped = False  # refuse all further input
+        self._eof = False  # the client sends no more
         self._pauses = 0
         # Limits and timeouts.
         self.phase = _IDLE
@@ -108,7 +109,10 @@ class HTTPSession(Protocol):
         self._url = b""
         self._nheaders = 0
         self._header_bytes = 0
-        self._head_fed = 0
+        self._head_fed = 0  # bytes read while the head is incomplete
+        self._head_mid_feed = False  # the head began after another request in the same read
+        self._completed_in_feed = False
+        self._line_done = False  # the request line of the open head has ended
 
     # -- connection ------------------------------------------------------------------
 
@@ -132,6 +136,23 @@ class HTTPSession(Protocol):
     def connectionLost(self, reason=None) -> None:
         self.server.sessions.discard(self)
         self._drop("client disconnected")
+
+    def readConnectionLost(self) -> None:
+        """
+        The client shut down its sending side: it may still read.  Requests already
+        parsed are answered (HTTP/1.x allows a client to half-close after its request);
+        then the connection closes.
+        """
+        self._eof = True
+        self._stopped = True
+        current = self._current
+        if current is not None and current.body is not None:
+            current.body.fail(ClientDisconnected("request body cut short"))
+        if not self.inflight and not self._new:
+            self._close(linger=False)
+
+    def writeConnectionLost(self) -> None:
+        pass  # our half-close (linger): reading goes on until the client closes
 
     def abort(self) -> None:
         """Server shutdown: drop the connection now, and wake a worker waiting on it."""
@@ -182,8 +203,7 @@ class HTTPSession(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._stopped:
             return  # after a refusal: input is drained and dropped
-        if self.phase == _HEAD:
-            self._head_fed += len(data)
+        self._completed_in_feed = False
         try:
             while True:
                 try:
@@ -196,10 +216,8 @@ class HTTPSession(Protocol):
                     self._parser = HttpRequestParser(self)
                     if not data:
                         break
-            s = self.settings
-            if self.phase == _HEAD and self._head_fed > s.max_request_line + s.max_header_bytes:
-                # A head that never ends: the callbacks only see whole fields.
-                raise HTTPError(431 if self._nheaders else 414)
+            if self.phase == _HEAD:
+                self._check_head(data)
         except HttpParserCallbackError as e:
             error = e.__context__
             if isinstance(error, HTTPError):
@@ -219,6 +237,21 @@ class HTTPSession(Protocol):
         if self._new:
             self._dispatch_new()
 
+    def _check_head(self, data: bytes) -> None:
+        """
+        Bound a head still incomplete after a read.  The parser reports whole fields
+        only, so a field that never ends is caught here, by the bytes read while the
+        head is open (a head that began after another request in the same read is
+        counted from the next read on: at most one read more).
+        """
+        if not self._head_mid_feed:
+            self._head_fed += len(data)
+            if b"\n" in data:
+                self._line_done = True
+        s = self.settings
+        if self._head_fed > s.max_request_line + s.max_header_bytes:
+            raise HTTPError(431 if self._line_done or self._nheaders else 414)
+
     # -- parser callbacks ----------------------------------------------------------
 
     def on_message_begin(self) -> None:
@@ -227,6 +260,8 @@ class HTTPSession(Protocol):
         self._nheaders = 0
         self._header_bytes = 0
         self._head_fed = 0
+        self._head_mid_feed = self._completed_in_feed
+        self._line_done = False
         self.phase = _HEAD
         self.deadline = monotonic() + self.settings.header_timeout
 
@@ -354,6 +389,7 @@ class HTTPSession(Protocol):
         self.deadline = monotonic() + s.read_timeout
 
     def on_message_complete(self) -> None:
+        self._completed_in_feed = True
         current = self._current
         if current is not None:
             current.body.finish()
@@ -436,6 +472,9 @@ class HTTPSession(Protocol):
             # lingering so that the client reads the response before our close hits it.
             self._close(linger=unread)
             return
+        if self._eof and not self.inflight:
+            self._close(linger=False)
+            return
         if self.inflight:
             self._dispatch_next()
             if self._pauses & _PAUSE_PIPELINE and (
@@ -490,7 +529,7 @@ class HTTPSession(Protocol):
         transport = self.transport
         transport.unregisterProducer()
         half_close = getattr(transport, "loseWriteConnection", None)
-        if linger and half_close is not None:
+        if linger and half_close is not None and not self._eof:
             # Closing with unread input makes the kernel reset the connection, which can
             # destroy the response before the client reads it: send FIN, drain, then close.
             self.phase = _LINGER

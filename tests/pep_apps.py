@@ -47,7 +47,7 @@ def stat(key: str) -> dict:
     with _lock:
         return _stats.setdefault(key, {"closed": 0, "next": 0, "next_after_close": 0,
                                        "produced": 0, "started": 0, "finished": 0,
-                                       "errors": [], "read": 0})
+                                       "errors": [], "read": 0, "starts": []})
 
 
 def bump(key: str, name: str, n: int = 1) -> None:
@@ -213,6 +213,17 @@ def read_record_app(environ, start_response):
     with _lock:
         _stats[key]["errors"].append("none")
     return text(start_response, b"read %d" % stat(key)["read"])
+
+
+def sleep_record_app(environ, start_response):
+    """Records when it started (server clock), sleeps ?t= seconds, answers."""
+    q = query(environ)
+    key = q.get("key", "default")
+    stat(key)
+    with _lock:
+        _stats[key]["starts"].append(time.monotonic())
+    time.sleep(float(q.get("t", "0.3")))
+    return text(start_response, b"slept")
 
 
 # -- response streams with counters ------------------------------------------------------
@@ -453,6 +464,7 @@ ROUTES = {
     "/input": input_app,
     "/sink": sink_app,
     "/read-record": read_record_app,
+    "/sleep-record": sleep_record_app,
     "/stream": stream_app,
     "/stats": stats_app,
     "/file": file_app,

@@ -309,6 +309,32 @@ def test_environ_raw_non_ascii_target_is_latin1_or_refused(server, target, key, 
         assert r.json()["environ"][key] == ["str", value]
 
 
+@pytest.mark.parametrize("clients", [2, 4])
+def test_multithread_apps_run_concurrently(server, clients):
+    """
+    wsgi.multithread is True (-t 4): requests that arrive together to an app that blocks
+    (sleeps) must all be running at once, not queued behind one worker.
+    """
+    spreads = []
+    for _ in range(6):
+        key = new_key()
+        conns = [server.connect() for _ in range(clients)]
+        try:
+            for c in conns:
+                c.send(rawhttp.request("GET", "/sleep-record?t=0.3&key=" + key,
+                                       [("Connection", "close")]))
+            for c in conns:
+                assert c.read_response(timeout=5).status == 200
+        finally:
+            for c in conns:
+                c.close()
+        starts = stats(server, key)["starts"]
+        assert len(starts) == clients
+        spreads.append(max(starts) - min(starts))
+    assert max(spreads) < 0.1, "apps started up to %.3f s apart: %s" % (
+        max(spreads), ["%.3f" % x for x in spreads])
+
+
 def test_wsgi_errors_goes_to_the_log(server):
     token = new_key()
     r = request(server, target="/env?err=" + token)

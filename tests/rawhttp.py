@@ -241,7 +241,6 @@ class Connection:
                     continue
                 return Response(version, status, reason, headers, b"", raw, "none")
             break
-        names = [k for k, _ in headers]
         te = [v for k, v in headers if k == "transfer-encoding"]
         cl = [v for k, v in headers if k == "content-length"]
         trailers = []
@@ -265,7 +264,6 @@ class Connection:
             body = self.read_until_close(max(0.001, deadline - time.monotonic()))
             raw += body
             framing = "close"
-        del names
         return Response(version, status, reason, headers, body, raw, framing, trailers)
 
     def _read_chunked(self, deadline: float):

@@ -6,7 +6,6 @@ bytes (see rawhttp), so that every status, header and byte on the wire is checke
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import socket
@@ -269,7 +268,8 @@ def test_pipelined_request_split_across_sends(server):
 def test_refusal_after_valid_request_comes_after_its_response(server):
     key = uuid.uuid4().hex
     with server.connect() as c:
-        c.send(req("GET", "/sleep?t=0.3") + b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n"
+        c.send(req("GET", "/sleep?t=0.3")
+               + b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n"
                + marker_request(key))
         r1 = c.read_response()
         r2 = c.read_response()
@@ -969,8 +969,9 @@ def _garbage(rng: random.Random):
             i = rng.randrange(len(base))
             op = rng.randrange(3)
             if op == 0:
-                base[i:i] = rng.choice([b"\r\n", b"\n", b"\r", b" ", b":", b"\x00", b"0x",
-                                        b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n"])
+                base[i:i] = rng.choice([
+                    b"\r\n", b"\n", b"\r", b" ", b":", b"\x00", b"0x",
+                    b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n"])
             elif op == 1:
                 del base[i:i + rng.randrange(1, 10)]
             else:

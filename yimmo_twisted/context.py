@@ -43,12 +43,15 @@ _SERVER_LINE = b"Server: " + SERVER_SOFTWARE.encode("ascii") + b"\r\n"
 class InputStream:
     """``wsgi.input``: reads the request body, never past its end, streaming as it arrives."""
 
-    __slots__ = ("_exchange", "_body", "_buf", "_resume", "_emit")
+    __slots__ = ("_exchange", "_body", "_buf", "_pos", "_resume", "_emit")
 
     def __init__(self, exchange: Exchange, emit: Callable) -> None:
         self._exchange = exchange
         self._body = exchange.body
+        # Unread data is _buf[_pos:]: small reads move the offset instead of copying the
+        # rest of a 64 KiB chunk each time.
         self._buf = b""
+        self._pos = 0
         self._emit = emit
         self._resume = lambda: emit(exchange, None, RESUME)
 
@@ -64,55 +67,46 @@ class InputStream:
             self._emit(ex, CONTINUE_100, MORE)
         return body.take(self._resume)
 
+    def _fill(self, size: int, stop: bytes = b"") -> None:
+        """Buffer at least ``size`` unread bytes (or up to ``stop``), or all that is left."""
+        pos = self._pos
+        buf = self._buf
+        have = len(buf) - pos
+        if stop and buf.find(stop, pos) >= 0:
+            return
+        parts = [buf[pos:]]
+        while have < size:
+            data = self._pull()
+            if not data:
+                break
+            parts.append(data)
+            have += len(data)
+            if stop and stop in data:
+                break
+        self._buf = b"".join(parts)
+        self._pos = 0
+
     def read(self, size: Optional[int] = -1) -> bytes:
         if size is None or size < 0:
-            parts = [self._buf]
-            self._buf = b""
-            while True:
-                data = self._pull()
-                if not data:
-                    return b"".join(parts)
-                parts.append(data)
-        buf = self._buf
-        if len(buf) < size:
-            parts = [buf]
-            have = len(buf)
-            while have < size:
-                data = self._pull()
-                if not data:
-                    break
-                parts.append(data)
-                have += len(data)
-            buf = b"".join(parts)
-        data, self._buf = buf[:size], buf[size:]
+            size = sys.maxsize
+        if len(self._buf) - self._pos < size:
+            self._fill(size)
+        pos = self._pos
+        data = self._buf[pos:pos + size]
+        self._pos = pos + len(data)
         return data
 
     def readline(self, size: Optional[int] = -1) -> bytes:
         limit = size if size is not None and size >= 0 else sys.maxsize
-        buf = self._buf
-        nl = buf.find(b"\n", 0, limit)
-        if nl < 0 and len(buf) < limit:
-            # Gather chunks in a list and search only the new one: a long line must not
-            # cost a copy of everything read so far per chunk.
-            parts = [buf]
-            have = len(buf)
-            while True:
-                data = self._pull()
-                if not data:
-                    break
-                i = data.find(b"\n", 0, limit - have)
-                parts.append(data)
-                if i >= 0:
-                    nl = have + i
-                    have += len(data)
-                    break
-                have += len(data)
-                if have >= limit:
-                    break
-            buf = b"".join(parts)
-        end = nl + 1 if nl >= 0 else min(limit, len(buf))
-        line, self._buf = buf[:end], buf[end:]
-        return line
+        buf, pos = self._buf, self._pos
+        nl = buf.find(b"\n", pos, pos + limit)
+        if nl < 0 and len(buf) - pos < limit:
+            self._fill(limit, b"\n")
+            buf, pos = self._buf, 0
+            nl = buf.find(b"\n", 0, limit)
+        end = nl + 1 if nl >= 0 else min(pos + limit, len(buf))
+        self._pos = end
+        return buf[pos:end]
 
     def readlines(self, hint: Optional[int] = -1) -> list:
         lines = []

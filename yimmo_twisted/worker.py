@@ -233,11 +233,12 @@ class WorkerPool:
         stuck = 0
         watch = False
         for worker in self.workers:
-            if worker.queue and worker.started:
-                if now - worker.started >= self.steal_after:
+            if worker.queue:
+                started = worker.started
+                if started and now - started >= self.steal_after:
                     stuck += len(worker.queue)
                 else:
-                    watch = True
+                    watch = True  # running briefly, or about to start: may block yet
         if not (stuck or watch):
             return False
         sleepers = [w for w in self.workers if w.sleeping]

@@ -25,20 +25,21 @@ from httptools import (
     HttpParserUpgrade, HttpRequestParser, parse_url,
 )
 from twisted.internet import tcp
+from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from .exchange import (
     ABORT, CLOSE, RESUME, ClientDisconnected, Exchange, HTTPError, RequestBody,
     error_response,
 )
+from .logs import logger
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import Server
 
-log = Logger(namespace="yimmo.session")
+log = logger("yimmo.session")
 
 # Why reading from the client is paused (a bit each; reading resumes when none is left).
 _PAUSE_BODY = 1  # the app reads the body slower than the client sends it
@@ -76,12 +77,53 @@ def _header_key(name: bytes) -> str:
     return key
 
 
+class _Counter:
+    """Parser callbacks that only count complete requests."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_message_complete(self) -> None:
+        self.count += 1
+
+
+def _completed(data: bytes) -> int:
+    counter = _Counter()
+    try:
+        HttpRequestParser(counter).feed_data(data)
+    except (HttpParserError, HttpParserUpgrade):
+        pass
+    return counter.count
+
+
+def _request_start(data: bytes, n: int) -> int:
+    """
+    Where the request after the first ``n`` complete ones of ``data`` begins (``data``
+    starting at a request).  The parser gives no offsets, so this bisects on prefixes;
+    it runs only to tell an unknown method (501) from garbage (400) in a pipelined read.
+    """
+    if not n:
+        return 0
+    lo, hi = 0, len(data)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _completed(data[:mid]) >= n:
+            hi = mid
+        else:
+            lo = mid + 1
+    while data[lo:lo + 2] == b"\r\n":
+        lo += 2  # llhttp skips empty lines between requests
+    return lo
+
+
 @implementer(IPushProducer, IHalfCloseableProtocol)
 class HTTPSession(Protocol):
     """One connection.  Also the push producer its transport pauses when the client is slow."""
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: "Server", base_environ: Optional[dict] = None) -> None:
         self.server = server
+        # Per listening endpoint (wsgi.url_scheme differs between http and https ports).
+        self._base_environ = server.base_environ if base_environ is None else base_environ
         self.settings = server.settings
         self._parser = HttpRequestParser(self)
         # Output, shared with the worker writing this session's response.
@@ -111,7 +153,7 @@ class HTTPSession(Protocol):
         self._header_bytes = 0
         self._head_fed = 0  # bytes read while the head is incomplete
         self._head_mid_feed = False  # the head began after another request in the same read
-        self._completed_in_feed = False
+        self._completed_in_feed = 0  # requests completed in the read being parsed
         self._line_done = False  # the request line of the open head has ended
 
     # -- connection ------------------------------------------------------------------
@@ -123,10 +165,12 @@ class HTTPSession(Protocol):
         # _write_direct).  TLS and other transports use transport.write.
         self._write = (self._write_direct if isinstance(transport, tcp.Connection)
                        else transport.write)
-        self._base = base = self.server.base_environ.copy()
+        self._base = base = self._base_environ.copy()
         peer = transport.getPeer()
         host = transport.getHost()
-        base["REMOTE_ADDR"] = getattr(peer, "host", "") or ""
+        # A Unix-socket client has no address: "unix:", as nginx's $remote_addr says.
+        base["REMOTE_ADDR"] = getattr(peer, "host", "") or (
+            "unix:" if isinstance(peer, UNIXAddress) else "")
         base["REMOTE_PORT"] = str(getattr(peer, "port", "") or "")
         base["SERVER_NAME"] = getattr(host, "host", "") or "localhost"
         base["SERVER_PORT"] = str(getattr(host, "port", "") or "")
@@ -203,7 +247,8 @@ class HTTPSession(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._stopped:
             return  # after a refusal: input is drained and dropped
-        self._completed_in_feed = False
+        self._completed_in_feed = 0
+        at_boundary = self.phase in (_IDLE, _APP)
         try:
             while True:
                 try:
@@ -228,7 +273,9 @@ class HTTPSession(Protocol):
         except HttpParserInvalidMethodError:
             # A token that llhttp does not know is a method we do not implement; anything
             # else where the method should be is a malformed request.
-            self._refuse(501 if _TOKEN_SP.match(data) else 400, "unknown method")
+            start = _request_start(data, self._completed_in_feed) if at_boundary else -1
+            known = start >= 0 and _TOKEN_SP.match(data, start)
+            self._refuse(501 if known else 400, "unknown method")
         except HttpParserError as e:
             message = str(e)
             self._refuse(505 if "HTTP version" in message else 400, message)
@@ -389,7 +436,7 @@ class HTTPSession(Protocol):
         self.deadline = monotonic() + s.read_timeout
 
     def on_message_complete(self) -> None:
-        self._completed_in_feed = True
+        self._completed_in_feed += 1
         current = self._current
         if current is not None:
             current.body.finish()

@@ -1,0 +1,199 @@
+"""
+The session with bytes alone: a real HTTPSession and Server on a StringTransport, the
+app run on the test's own thread (the worker pool is not started; its queue is drained
+here), so each test is bytes in, bytes out, with no socket and no timing.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from twisted.internet.testing import StringTransport
+
+from yimmo_twisted.config import Settings
+from yimmo_twisted.context import Context
+from yimmo_twisted.server import Server
+from yimmo_twisted.session import HTTPSession
+
+pytestmark = pytest.mark.timeout(20)
+
+
+class ThreadReactor:
+    """Just what the server needs of a reactor here: callFromThread, run when pumped."""
+
+    def __init__(self):
+        self.calls = []
+
+    def callFromThread(self, fn, *args):
+        self.calls.append((fn, args))
+
+
+class Harness:
+    def __init__(self, app, **settings):
+        self.reactor = ThreadReactor()
+        self.app = app
+        self.server = Server(app, Settings(**settings), self.reactor)
+        self.transport = StringTransport()
+        self.session = HTTPSession(self.server)
+        self.session.makeConnection(self.transport)
+
+    def feed(self, data: bytes) -> bytes:
+        """Bytes from the client; returns the bytes written back since the last call."""
+        self.session.dataReceived(data)
+        self.run()
+        out = self.transport.value()
+        self.transport.clear()
+        return out
+
+    def run(self) -> None:
+        """Run queued exchanges and deliver their output until nothing is left."""
+        pool = self.server.pool
+        while True:
+            ran = False
+            for worker in pool.workers:
+                while worker.queue:
+                    Context(worker.queue.popleft(), pool.handoff.emit).run(self.app)
+                    ran = True
+            calls, self.reactor.calls = self.reactor.calls, []
+            for fn, args in calls:
+                fn(*args)
+            if not ran and not calls:
+                return
+
+
+def hello(environ, start_response):
+    body = ("%s %s" % (environ["REQUEST_METHOD"], environ["PATH_INFO"])).encode("latin-1")
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
+
+
+def echo(environ, start_response):
+    data = environ["wsgi.input"].read()
+    start_response("200 OK", [])
+    return [data]
+
+
+def statuses(out: bytes) -> list:
+    return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d\d\d) [A-Z]", out)]
+
+
+def test_one_request_one_response():
+    h = Harness(hello)
+    out = h.feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nContent-Length: 6\r\n" in out
+    assert out.endswith(b"\r\n\r\nGET /a")
+    assert not h.transport.disconnecting
+
+
+def test_pipelined_requests_answered_in_order():
+    h = Harness(hello)
+    out = h.feed(b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5)))
+    assert re.findall(rb"GET /(\d)", out) == [b"0", b"1", b"2", b"3", b"4"]
+    assert statuses(out) == [200] * 5
+
+
+def test_request_split_byte_by_byte():
+    h = Harness(echo)
+    request = b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+    out = b"".join(h.feed(request[i:i + 1]) for i in range(len(request)))
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"\r\n\r\nhello")
+
+
+def test_chunked_body():
+    h = Harness(echo)
+    out = h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+    assert out.endswith(b"\r\n\r\nabcde")
+
+
+def test_bad_request_after_good_one_is_refused_and_nothing_after_it_runs():
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(environ["PATH_INFO"])
+        return hello(environ, start_response)
+
+    h = Harness(app)
+    out = h.feed(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"
+                 b"GET /2 HTTP/1.1\r\nHost : x\r\n\r\n"
+                 b"GET /3 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert statuses(out) == [200, 400]
+    assert seen == ["/1"]
+    assert b"Connection: close\r\n" in out.split(b"GET /1", 1)[1]
+    assert h.transport.disconnecting
+
+
+@pytest.mark.parametrize("request_bytes,status", [
+    (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+     400),
+    (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+    (b"FOO / HTTP/1.1\r\nHost: a\r\n\r\n", 501),
+    (b"\x01\x02 / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n", 417),
+    (b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 501),
+])
+def test_refusals(request_bytes, status):
+    h = Harness(hello)
+    out = h.feed(request_bytes)
+    assert statuses(out) == [status]
+    assert h.transport.disconnecting
+
+
+def test_limits():
+    h = Harness(hello, max_request_line=20)
+    assert statuses(h.feed(b"GET /" + b"a" * 30 + b" HTTP/1.1\r\nHost: x\r\n\r\n")) == [414]
+    h = Harness(hello, max_headers=2)
+    assert statuses(h.feed(b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\n\r\n")) == [431]
+    h = Harness(hello, max_header_bytes=100)
+    assert statuses(h.feed(b"GET / HTTP/1.1\r\nHost: x\r\nA: " + b"v" * 200 + b"\r\n\r\n")) == [431]
+    h = Harness(echo, max_body_size=4)
+    assert statuses(h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")) == [413]
+
+
+def test_chunked_body_over_the_limit_is_413():
+    h = Harness(echo, max_body_size=4)
+    out = h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n")
+    assert statuses(out) == [413]
+    assert h.transport.disconnecting
+
+
+def test_underscore_headers_dropped_and_repeats_joined():
+    seen = {}
+
+    def app(environ, start_response):
+        seen.update(environ)
+        return hello(environ, start_response)
+
+    h = Harness(app)
+    h.feed(b"GET / HTTP/1.1\r\nHost: x\r\nX_Forwarded_For: 6.6.6.6\r\n"
+           b"X-Forwarded-For: 1.2.3.4\r\nAccept: a\r\nAccept: b\r\n\r\n")
+    assert seen["HTTP_X_FORWARDED_FOR"] == "1.2.3.4"
+    assert seen["HTTP_ACCEPT"] == "a, b"
+
+
+def test_http10_closes_without_keep_alive_and_keeps_it_when_asked():
+    h = Harness(hello)
+    out = h.feed(b"GET / HTTP/1.0\r\n\r\n")
+    assert b"\r\nContent-Length: 5\r\n" in out and b"\r\nConnection: close\r\n" in out
+    assert h.transport.disconnecting
+    h = Harness(hello)
+    out = h.feed(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert b"\r\nConnection: keep-alive\r\n" in out
+    assert not h.transport.disconnecting
+
+
+def test_timeouts_by_phase():
+    h = Harness(hello, idle_timeout=5, header_timeout=10)
+    s = h.session
+    s.check_timeout(s.deadline + 0.1)  # idle: closed quietly
+    assert h.transport.value() == b"" and h.transport.disconnecting
+    h = Harness(hello, header_timeout=10)
+    h.feed(b"GET / HTTP/1.1\r\nHo")
+    h.session.check_timeout(h.session.deadline + 0.1)  # a head that does not end: 408
+    assert statuses(h.transport.value()) == [408]

@@ -1,0 +1,568 @@
+"""
+WebSockets: the autobahn bridge behind the ``yimmo`` API (``yimmo_module``).
+
+A connection starts as HTTP.  When the application has registered callbacks
+(``yimmo.init_websockets``) and a request head asks to upgrade to ``websocket``, the HTTP
+session stops parsing and calls ``Bridge.take_over``: an autobahn
+``WebSocketServerProtocol`` replaces the session on the transport and is fed the head
+(rebuilt from the parsed request) and the bytes that followed it.  autobahn checks the
+handshake, once, and does all the framing; invalid handshakes get 400 (426 with
+``Sec-WebSocket-Version: 13`` for a version other than 13), never 101.
+
+Threads.  autobahn runs on the reactor thread; the application's callbacks never do.
+Each WebSocket has an ``_Inbox``: the callbacks due (on_open, on_message in the order
+of the messages, on_close), run by the server's worker pool, one at a time.  An inbox is
+a job for the pool like an exchange: the reactor submits it when its first callback is
+due, and the worker that takes it runs the callbacks queued since, up to a turn's
+worth, then puts it back behind the other work of that worker.  Reusing the pool rather
+than a pool of our own keeps one set of threads sharing the GIL, the pool's batching
+(one wake-up for the messages of many sessions read in one reactor iteration) and its
+stealing (a worker blocked in a slow callback has its queue taken by idle workers), so a
+slow callback delays neither HTTP nor other sessions while threads are free.
+
+Output.  ``WebSocket.send`` may be called from any thread.  Frames travel to the reactor
+through the pool's ``Handoff`` FIFO, the same one-wake-up-per-batch path as HTTP
+responses, with the WebSocket's ``_Channel`` in the place of an HTTP session.
+
+Memory.  Incoming: when the messages waiting for callbacks exceed ``input_buffer``
+bytes, reading from the client pauses until the callbacks catch up.  Outgoing: when more
+than ``output_buffer`` bytes are not yet written, or the transport's buffer is full (the
+client does not read), ``send`` waits; past ``ws_send_timeout`` it raises TimeoutError.
+Message and frame sizes are capped by ``ws_max_message_size`` and ``ws_max_frame_size``
+(larger ones close the connection with 1009).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections import deque
+from typing import TYPE_CHECKING, Callable, List, NamedTuple, Optional, Union
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.python.threadable import isInIOThread
+from zope.interface import implementer
+
+from .exchange import CLOSE, RESUME, SERVER_SOFTWARE, ClientDisconnected, error_response
+from .logs import logger
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .server import Server
+
+log = logger("yimmo.websockets")
+
+# Flags of yimmo-wsgi's API (ymo_ws.h): FIN and RSV bits | opcode.
+YMO_WS_FLAG_FIN = 0x80
+YMO_WS_FLAG_RSV1 = 0x40
+YMO_WS_FLAG_RSV2 = 0x20
+YMO_WS_FLAG_RSV3 = 0x10
+YMO_WS_OP_CONTINUATION = 0x0
+YMO_WS_OP_TEXT = 0x1
+YMO_WS_OP_BINARY = 0x2
+YMO_WS_OP_CLOSE = 0x8
+YMO_WS_OP_PING = 0x9
+YMO_WS_OP_PONG = 0xA
+_OPCODE = 0x0F
+
+# Close codes (RFC 6455 7.4.1).
+NORMAL_CLOSURE = 1000
+GOING_AWAY = 1001
+INTERNAL_ERROR = 1011
+
+# Handoff end codes of a _Channel's records (any but MORE: Handoff.emit never waits for
+# them, WebSocket.send does its own waiting, with a timeout).
+_FRAME = 0x100  # | flags: data is a frame's payload
+_CLOSE = CLOSE  # data is a close frame's payload (code, reason)
+_RESUME = RESUME  # the callbacks caught up: read from the client again
+_ACCEPT = 0x10  # on_open accepted: complete the handshake
+_REFUSE = 0x11  # on_open refused: 403
+_FAIL = 0x12  # on_open raised: 500
+
+# Kinds of _Inbox items.
+_ON_OPEN, _ON_MESSAGE, _ON_CLOSE = range(3)
+
+
+class Callbacks(NamedTuple):
+    on_open: Callable
+    on_message: Callable
+    on_close: Callable
+
+
+_callbacks: Optional[Callbacks] = None
+
+
+def init_websockets(on_open: Callable, on_message: Callable, on_close: Callable) -> None:
+    """
+    Register the application's WebSocket callbacks (``yimmo.init_websockets``).  Until
+    this is called, upgrade requests go to the WSGI application like any other request.
+    """
+    for name, cb in (("on_open", on_open), ("on_message", on_message), ("on_close", on_close)):
+        if not callable(cb):
+            raise TypeError("%s must be callable, got %r" % (name, cb))
+    global _callbacks
+    _callbacks = Callbacks(on_open, on_message, on_close)
+
+
+def registered() -> Optional[Callbacks]:
+    return _callbacks
+
+
+class WebSocket:
+    """
+    One WebSocket session as the application sees it: the ``ws`` of the callbacks.
+
+    ``environ``: the handshake request as a WSGI environ (PATH_INFO, QUERY_STRING,
+    HTTP_* headers including HTTP_COOKIE, REMOTE_ADDR...), for on_open to authenticate
+    and route.  ``protocols``: the subprotocols the client offered; on_open may set
+    ``subprotocol`` to one of them (it starts as the first of the ``ws_subprotocols``
+    setting that the client offered, or None).
+    """
+
+    def __init__(self, environ: dict, protocols: List[str], subprotocol: Optional[str],
+                 channel: "_Channel") -> None:
+        self.environ = environ
+        self.protocols = protocols
+        self.subprotocol = subprotocol
+        self._channel = channel
+
+    def send(self, msg: Union[bytes, str], flags: Optional[int] = None) -> None:
+        """
+        Send ``msg`` (bytes; a str is sent as UTF-8) with ``flags`` = FIN | opcode
+        (default: a whole text message for a str, a binary one for bytes).  Without FIN,
+        the frame starts (or continues, with YMO_WS_OP_CONTINUATION) a fragmented message.
+        Safe from any thread.  Waits while the client does not read; raises TimeoutError
+        after ``ws_send_timeout`` seconds of that, ClientDisconnected once closed.
+        """
+        if isinstance(msg, str):
+            msg = msg.encode("utf-8")
+            if flags is None:
+                flags = YMO_WS_FLAG_FIN | YMO_WS_OP_TEXT
+        elif not isinstance(msg, bytes):
+            msg = bytes(msg)
+        if flags is None:
+            flags = YMO_WS_FLAG_FIN | YMO_WS_OP_BINARY
+        channel = self._channel
+        if len(msg) > channel.max_message_size:
+            raise ValueError("message of %d bytes exceeds ws_max_message_size (%d)"
+                             % (len(msg), channel.max_message_size))
+        channel.emit(msg, _FRAME | (flags & 0xFF), wait=True)
+
+    def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start the closing handshake (safe from any thread; a no-op once closed)."""
+        try:
+            self._channel.emit(struct.pack("!H", code) + reason.encode("utf-8")[:123], _CLOSE)
+        except ClientDisconnected:
+            pass
+
+    @property
+    def closed(self) -> bool:
+        return self._channel.gone
+
+
+@implementer(IPushProducer)
+class _Channel:
+    """
+    Output of one WebSocket on its way to the reactor, through the pool's Handoff,
+    which takes it for an HTTP session (``produced``/``consumed``/``paused``/
+    ``writable``/``deliver``).  Also the transport's push producer: ``paused`` while
+    the client does not read.
+    """
+
+    def __init__(self, protocol: "WebSocketProtocol", bridge: "Bridge") -> None:
+        self.session = self  # Handoff records name (exchange, ...); exchange.session
+        self.protocol = protocol
+        self._handoff = bridge.handoff
+        self._limit = bridge.output_buffer
+        self._timeout = bridge.send_timeout
+        self.max_message_size = bridge.max_message_size
+        self.produced = 0  # written by emitters, under _lock
+        self.consumed = 0  # written by the reactor
+        self.paused = False
+        self.gone = False
+        self.writable = threading.Event()
+        self.writer_waiting = False
+        self._lock = threading.Lock()  # emitters: several threads may send at once
+
+    # -- any thread ----------------------------------------------------------------------
+
+    def emit(self, data: Optional[bytes], end: int, wait: bool = False) -> None:
+        if self.gone:
+            raise ClientDisconnected("the WebSocket is closed")
+        with self._lock:
+            if wait and not isInIOThread() and (
+                    self.paused or self.produced - self.consumed > self._limit):
+                # Wait under the lock: other senders of this WebSocket queue behind us.
+                if not self._handoff.wait_writable(self, self._timeout):
+                    raise TimeoutError("the client has not read for %g s" % self._timeout)
+                if self.gone:
+                    raise ClientDisconnected("the WebSocket is closed")
+            self._handoff.emit(self, data, end)
+
+    # -- reactor thread ------------------------------------------------------------------
+
+    def deliver(self, _exchange, data: Optional[bytes], end: int) -> None:
+        """A record of ``emit`` (from Handoff.drain)."""
+        if data:
+            self.consumed += len(data)
+        if self.writer_waiting:
+            self.writable.set()
+        if not self.gone:
+            self.protocol.perform(data, end)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self.writer_waiting:
+            self.writable.set()
+
+    def stopProducing(self) -> None:
+        self.shut()
+
+    def shut(self) -> None:
+        """No more output: wake a sender waiting for the client."""
+        self.gone = True
+        self.writable.set()
+
+
+class _Inbox:
+    """
+    The callbacks due for one WebSocket, in order.  The reactor puts; a pool worker runs
+    them (``run``, the job the pool takes), one at a time: at most one worker holds a
+    WebSocket's inbox, so its callbacks never overlap and keep their order.
+    """
+
+    TURN = 32  # callbacks run before the inbox yields its worker to other work
+
+    def __init__(self, protocol: "WebSocketProtocol", ws: WebSocket, callbacks: Callbacks,
+                 bridge: "Bridge") -> None:
+        self.protocol = protocol
+        self.ws = ws
+        self.callbacks = callbacks
+        self._submit = bridge.pool.submit
+        self._limit = bridge.input_buffer
+        self._items: deque = deque()
+        self._lock = threading.Lock()
+        self._scheduled = False  # submitted to the pool, or held by a worker
+        self.queued = 0  # payload bytes waiting
+        self.reading_paused = False  # reading is (to be) paused for us
+        self.failed = False  # a callback raised: later messages are dropped
+        self.opened = False  # on_open accepted (worker side): on_close is due at the end
+
+    def put(self, kind: int, payload: Optional[bytes] = None, flags: int = 0) -> None:
+        """Queue a callback (reactor thread)."""
+        with self._lock:
+            self._items.append((kind, payload, flags))
+            if payload:
+                self.queued += len(payload)
+            schedule = not self._scheduled
+            self._scheduled = True
+            pause = self.queued > self._limit and not self.reading_paused
+            if pause:
+                self.reading_paused = True
+        if schedule:
+            self._submit(self)
+        if pause:
+            self.protocol.transport.pauseProducing()
+
+    def run(self) -> None:
+        """Run the callbacks due (worker thread)."""
+        # After a turn, the inbox goes behind the work queued on this pool worker (outside
+        # the pool, it runs on).
+        queue = getattr(threading.current_thread(), "queue", None)
+        turn = 0
+        while True:
+            with self._lock:
+                if not self._items:
+                    self._scheduled = False
+                    return
+                kind, payload, flags = self._items.popleft()
+                if payload:
+                    self.queued -= len(payload)
+                resume = self.reading_paused and self.queued <= self._limit // 2
+                if resume:
+                    self.reading_paused = False
+            if resume:
+                self._emit(None, _RESUME)
+            self._call(kind, payload, flags)
+            turn += 1
+            if turn == self.TURN and queue is not None:
+                queue.append(self)
+                return
+
+    def _emit(self, data: Optional[bytes], end: int) -> None:
+        try:
+            self.ws._channel.emit(data, end)
+        except ClientDisconnected:
+            pass
+
+    def _call(self, kind: int, payload: Optional[bytes], flags: int) -> None:
+        ws = self.ws
+        if kind == _ON_MESSAGE:
+            if self.failed or ws._channel.gone:
+                return
+            try:
+                self.callbacks.on_message(ws, payload, flags)
+            except Exception:
+                log.failure("WebSocket on_message raised; closing the session with 1011")
+                self.failed = True
+                self._emit(struct.pack("!H", INTERNAL_ERROR) + b"internal error", _CLOSE)
+        elif kind == _ON_OPEN:
+            try:
+                result = self.callbacks.on_open(ws)
+            except Exception:
+                log.failure("WebSocket on_open raised; refusing the handshake")
+                self._emit(None, _FAIL)
+                return
+            if result:
+                self._emit(None, _REFUSE)
+            elif ws.subprotocol is not None and ws.subprotocol not in ws.protocols:
+                log.error("on_open chose subprotocol {chosen!r}, not among those offered "
+                          "({offered!r})", chosen=ws.subprotocol, offered=ws.protocols)
+                self._emit(None, _FAIL)
+            else:
+                self.opened = True
+                self._emit(None, _ACCEPT)
+        elif self.opened:
+            try:
+                self.callbacks.on_close(ws)
+            except Exception:
+                log.failure("WebSocket on_close raised")
+
+
+class WebSocketProtocol(WebSocketServerProtocol):
+    """The autobahn protocol of one WebSocket: events in (reactor thread), frames out."""
+
+    bridge: "Bridge"  # set on the class by Bridge (one class per bridge)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.environ: dict = {}
+        self.channel: Optional[_Channel] = None
+        self.ws: Optional[WebSocket] = None
+        self.inbox: Optional[_Inbox] = None
+        self._opening: Optional[Deferred] = None
+        self._early: list = []  # output of on_open, sent once the handshake is complete
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.channel = _Channel(self, self.bridge)
+        self.transport.registerProducer(self.channel, True)
+        self.bridge.protocols.add(self)
+
+    def connectionLost(self, reason=None) -> None:
+        self.bridge.protocols.discard(self)
+        self.channel.shut()
+        super().connectionLost(reason)
+
+    # -- handshake -----------------------------------------------------------------------
+
+    def onConnect(self, request) -> Deferred:
+        """Handshake valid: run on_open on a worker; it decides (403/500 or 101)."""
+        offered = list(request.protocols)
+        chosen = next((p for p in self.bridge.subprotocols if p in offered), None)
+        self.ws = WebSocket(self.environ, offered, chosen, self.channel)
+        self.inbox = _Inbox(self, self.ws, self.bridge.callbacks, self.bridge)
+        self._opening = Deferred()
+        self.inbox.put(_ON_OPEN)
+        return self._opening
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders=None) -> None:
+        # RFC 6455 4.2.2: a version we do not speak is answered 426 with the ones we do.
+        if responseHeaders and any(k.lower() == "sec-websocket-version"
+                                   for k, _ in responseHeaders):
+            code = 426
+        elif code in (405, 505):
+            code = 400  # a malformed upgrade (not GET, not HTTP/1.1): a bad request
+        super().failHandshake(reason, code, responseHeaders)
+
+    def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders=None) -> None:
+        """The server's own error response (Content-Length, Connection: close, Date)."""
+        response = error_response(code, reason)
+        if responseHeaders:
+            line, _, rest = response.partition(b"\r\n")
+            extra = "".join("%s: %s\r\n" % (k, v) for k, v in responseHeaders)
+            response = line + b"\r\n" + extra.encode("latin-1") + rest
+        self.sendData(response)
+
+    def onOpen(self) -> None:
+        early, self._early = self._early, []
+        for data, end in early:
+            self.perform(data, end)
+
+    # -- input ---------------------------------------------------------------------------
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.inbox.put(_ON_MESSAGE, payload,
+                       YMO_WS_FLAG_FIN | (YMO_WS_OP_BINARY if isBinary else YMO_WS_OP_TEXT))
+
+    def onClose(self, wasClean: bool, code, reason) -> None:
+        self.channel.shut()
+        if self.inbox is not None:
+            # on_close runs if on_open accepted, even when the client left before the
+            # handshake completed: the app sees every session it accepted end.
+            self.inbox.put(_ON_CLOSE)
+
+
+    # -- output (records of the channel, reactor thread) ----------------------------------
+
+    def perform(self, data: Optional[bytes], end: int) -> None:
+        state = self.state
+        if end & _FRAME or end == _CLOSE:
+            if state == self.STATE_CONNECTING:
+                self._early.append((data, end))
+                return
+            if state != self.STATE_OPEN:
+                return  # closing: frames are dropped
+            try:
+                if end == _CLOSE:
+                    (code,) = struct.unpack("!H", data[:2])
+                    self.sendCloseFrame(code=code, reasonUtf8=data[2:] or None)
+                else:
+                    self._send_frame(data, end & 0xFF)
+            except Exception:
+                log.failure("cannot send a WebSocket frame")
+                self._fail_connection(INTERNAL_ERROR, "internal error")
+        elif end == _RESUME:
+            if not self.inbox.reading_paused:
+                self.transport.resumeProducing()
+        elif self._opening is not None:
+            opening, self._opening = self._opening, None
+            if end == _ACCEPT:
+                opening.callback(self.ws.subprotocol)
+            elif end == _REFUSE:
+                opening.errback(ConnectionDeny(ConnectionDeny.FORBIDDEN,
+                                               "refused by the application"))
+            else:
+                opening.errback(ConnectionDeny(ConnectionDeny.INTERNAL_SERVER_ERROR,
+                                               "internal server error"))
+
+    def _send_frame(self, payload: bytes, flags: int) -> None:
+        opcode = flags & _OPCODE
+        fin = bool(flags & YMO_WS_FLAG_FIN)
+        if opcode in (YMO_WS_OP_TEXT, YMO_WS_OP_BINARY):
+            if fin:
+                self.sendMessage(payload, opcode == YMO_WS_OP_BINARY)
+            else:  # the first frame of a fragmented message
+                self.beginMessage(opcode == YMO_WS_OP_BINARY)
+                self.sendMessageFrame(payload)
+        elif opcode == YMO_WS_OP_CONTINUATION:
+            if payload or not fin:
+                self.sendMessageFrame(payload)
+            if fin:
+                self.endMessage()
+        elif opcode == YMO_WS_OP_PING:
+            self.sendPing(payload or None)
+        elif opcode == YMO_WS_OP_PONG:
+            self.sendPong(payload or None)
+        elif opcode == YMO_WS_OP_CLOSE:
+            code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+            self.sendCloseFrame(code=code, reasonUtf8=payload[2:] or None)
+        else:
+            raise ValueError("unknown WebSocket opcode 0x%x" % opcode)
+
+
+def _accept_deflate(offers):
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            return PerMessageDeflateOfferAccept(offer)
+    return None
+
+
+def origin_patterns(origins: List[str]) -> List[str]:
+    """
+    autobahn matches patterns against ``scheme://host:port`` with the port always
+    written out; a pattern without a port (``https://example.com``) means the scheme's
+    default one, as in the Origin header itself.
+    """
+    default = {"http": "80", "https": "443"}
+    patterns = []
+    for origin in origins:
+        scheme, sep, host = origin.partition("://")
+        if sep and ":" not in host and not host.endswith("*") and scheme in default:
+            origin += ":" + default[scheme]
+        patterns.append(origin)
+    return patterns
+
+
+def request_head(environ: dict) -> bytes:
+    """The head of the request ``environ`` was parsed from, for autobahn to check."""
+    lines = ["%s %s %s" % (environ["REQUEST_METHOD"], environ["RAW_URI"],
+                           environ["SERVER_PROTOCOL"])]
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            lines.append("%s: %s" % (key[5:].replace("_", "-"), value))
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            lines.append("%s: %s" % (key.replace("_", "-"), value))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class Bridge:
+    """The WebSocket side of one server: the autobahn factory and its settings."""
+
+    def __init__(self, server: "Server") -> None:
+        s = server.settings
+        self.pool = server.pool
+        self.handoff = server.handoff
+        self.input_buffer = s.input_buffer
+        self.output_buffer = s.output_buffer
+        self.send_timeout = s.ws_send_timeout
+        self.max_message_size = s.ws_max_message_size
+        self.subprotocols = list(s.ws_subprotocols)
+        self.protocols: set = set()
+        factory = WebSocketServerFactory(server=SERVER_SOFTWARE, reactor=server.reactor)
+        origins = list(s.ws_origins)
+        factory.setProtocolOptions(
+            versions=[13],
+            maxMessagePayloadSize=s.ws_max_message_size,
+            maxFramePayloadSize=s.ws_max_frame_size,
+            autoPingInterval=s.ws_ping_interval,
+            autoPingTimeout=s.ws_ping_timeout,
+            perMessageCompressionAccept=_accept_deflate if s.ws_compression else
+            (lambda offers: None),
+            allowedOrigins=origin_patterns(origins),
+            failByDrop=False,  # a protocol error gets a close frame with its code
+            allowNullOrigin="*" in origins,
+        )
+        # A subclass per bridge: autobahn builds protocols without arguments.
+        factory.protocol = type("WebSocketProtocol", (WebSocketProtocol,), {"bridge": self})
+        self.factory = factory
+
+    @property
+    def callbacks(self) -> Optional[Callbacks]:
+        return _callbacks
+
+    def wants(self, environ: dict) -> bool:
+        """True when the request asks for a WebSocket and the app has callbacks for it."""
+        return _callbacks is not None and "websocket" in (
+            t.strip() for t in environ.get("HTTP_UPGRADE", "").lower().split(","))
+
+    def take_over(self, transport, environ: dict, rest: bytes) -> None:
+        """
+        Make the connection of ``transport`` a WebSocket: ``environ`` is the upgrade
+        request (parsed by the HTTP session, which has let go of the transport), ``rest``
+        what the client sent after its head.
+        """
+        protocol = self.factory.buildProtocol(transport.getPeer())
+        protocol.environ = environ
+        # The transport delivers to ``protocol`` (TCP), or to ``wrappedProtocol`` when it
+        # is itself a protocol wrapper (TLS, HAProxy).
+        if hasattr(transport, "wrappedProtocol"):
+            transport.wrappedProtocol = protocol
+        else:
+            transport.protocol = protocol
+        protocol.makeConnection(transport)
+        protocol.dataReceived(request_head(environ) + rest)
+
+    def stop(self) -> None:
+        """Server shutdown: close every WebSocket with 1001, going away."""
+        for protocol in list(self.protocols):
+            protocol.channel.shut()
+            if protocol.state == protocol.STATE_OPEN:
+                protocol.sendCloseFrame(code=GOING_AWAY, reasonUtf8=b"server shutting down")
+            protocol.transport.loseConnection()

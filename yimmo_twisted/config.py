@@ -1,48 +1,58 @@
 """
-Settings: one object, built from defaults < environment (``YIMMO_*``) < command line.
+Settings: one object, built from defaults < YAML file < environment (``YIMMO_*``) <
+command line (or the keywords of ``YimmoService``), with yimmo-wsgi's names.
 
-Every setting is declared once in ``OPTIONS``; the command line, the environment and
-the documentation are generated from that table, so a limit cannot exist without its
-default, its variable and its option.
+Every setting is declared once in ``OPTIONS``: its parser, its environment variable, its
+command-line flags and its place in the YAML file.  The ``yimmo-wsgi`` options, the
+``twistd yimmo`` options, the ``YimmoService`` keywords and the documentation are all
+generated from that table, so a setting cannot exist in one door and not in another.
+
+A value that cannot be used stops start-up with a ``ConfigError`` whose one-line message
+names the setting and where the value came from.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable, List, Mapping, Optional
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 LOG_LEVELS = ("FATAL", "ERROR", "WARNING", "NOTICE", "INFO", "DEBUG", "TRACE")
+ACCESS_LOG_FORMATS = ("combined", "json", "off")
 
 
 class ConfigError(ValueError):
     """A setting with a value that cannot be used; the message names it and its source."""
 
 
-def _int(text: str) -> int:
+# -- parsers: raw value (str from env/CLI, or a YAML scalar) -> value ----------------------
+
+def _int(raw: Any) -> int:
+    if isinstance(raw, bool):  # YAML's yes/no: not a number
+        raise ValueError("expected a whole number")
     try:
-        return int(str(text).strip())
+        return int(str(raw).strip())
     except ValueError:
         raise ValueError("expected a whole number") from None
 
 
-def _positive_int(text: str) -> int:
-    value = _int(text)
+def _positive_int(raw: Any) -> int:
+    value = _int(raw)
     if value < 1:
         raise ValueError("must be at least 1")
     return value
 
 
-def _port(text: str) -> int:
-    value = _int(text)
+def _port(raw: Any) -> int:
+    value = _int(raw)
     if not 0 <= value <= 65535:
         raise ValueError("must be between 0 and 65535")
     return value
 
 
-def _seconds(text: str) -> float:
+def _seconds(raw: Any) -> float:
     try:
-        value = float(text)
+        value = float(str(raw))
     except ValueError:
         raise ValueError("expected a number of seconds") from None
     if not 0 < value < float("inf"):
@@ -50,9 +60,9 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _size(text: str) -> int:
+def _size(raw: Any) -> int:
     """A byte count, with an optional K, M or G suffix (powers of 1024)."""
-    text = str(text).strip()
+    text = str(raw).strip()
     scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
     value = _int(text[:-1] if scale > 1 else text) * scale
     if value < 1:
@@ -60,66 +70,201 @@ def _size(text: str) -> int:
     return value
 
 
-def _log_level(text: str) -> str:
-    level = str(text).upper()
-    if level not in LOG_LEVELS:
-        raise ValueError("must be one of " + ", ".join(LOG_LEVELS))
-    return level
+def _choice(choices: Tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        if raw is False:  # YAML reads a bare ``off`` as false
+            raw = "off"
+        value = str(raw).strip()
+        for choice in choices:
+            if value.lower() == choice.lower():
+                return choice
+        raise ValueError("must be one of " + ", ".join(choices))
+    return parse
+
+
+def _file(raw: Any) -> str:
+    path = os.path.expanduser(str(raw))
+    if not os.path.isfile(path):
+        raise ValueError("no such file")
+    if not os.access(path, os.R_OK):
+        raise ValueError("file not readable")
+    return path
+
+
+def _text(raw: Any) -> str:
+    value = str(raw).strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _endpoints(raw: Any) -> List[str]:
+    """Endpoint strings: a YAML list, or one string (whitespace separates several)."""
+    items = raw if isinstance(raw, (list, tuple)) else str(raw).split()
+    if not items or not all(isinstance(i, str) and i.strip() for i in items):
+        raise ValueError("expected Twisted endpoint strings such as tcp:8081")
+    return [i.strip() for i in items]
+
+
+def _flag(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "on", "yes", "true"):
+        return True
+    if text in ("0", "off", "no", "false"):
+        return False
+    raise ValueError("expected on or off")
+
+
+def _seconds_or_off(raw: Any) -> float:
+    """Seconds, or 0 (or off) for never."""
+    if raw is False or str(raw).strip().lower() == "off":
+        return 0.0
+    try:
+        value = float(str(raw))
+    except ValueError:
+        raise ValueError("expected a number of seconds, or 0 for off") from None
+    if not 0 <= value < float("inf"):
+        raise ValueError("must be 0 (off) or a positive number of seconds")
+    return value
+
+
+def _names(raw: Any) -> List[str]:
+    """Names: a YAML list, or one string (commas or whitespace separate several)."""
+    items = raw if isinstance(raw, (list, tuple)) else str(raw).replace(",", " ").split()
+    return [str(i).strip() for i in items if str(i).strip()]
 
 
 @dataclass(frozen=True)
 class Option:
     name: str  # attribute of Settings
-    parse: Callable[[str], Any]
+    parse: Callable[[Any], Any]
     env: Optional[str]
-    flags: tuple
+    flags: Tuple[str, ...]  # command line; the long one also names the twistd option
+    yaml: Tuple[str, ...]  # the key's path in the YAML file (and the YimmoService keyword)
     help: str
+    metavar: str = "N"
+    repeat: bool = False  # a command-line option given once per value
+
+    @property
+    def long(self) -> str:
+        return self.flags[-1][2:]
+
+    @property
+    def short(self) -> Optional[str]:
+        return self.flags[0][1:] if len(self.flags) > 1 else None
+
+    @property
+    def key(self) -> str:
+        return ".".join(self.yaml)
+
+
+def _w(*path: str) -> Tuple[str, ...]:
+    return ("wsgi",) + path
 
 
 OPTIONS = (
-    Option("port", _port, "YIMMO_WSGI_PORT", ("-P", "--port"),
+    Option("config", _file, "YIMMO_WSGI_CONFIG", ("-c", "--config"), (),
+           "YAML configuration file (the lowest of the three sources)", "FILE"),
+    Option("module", _text, "YIMMO_WSGI_MODULE", (), _w("module"),
+           "module of the application (with the app setting, instead of MODULE:APP)"),
+    Option("app", _text, "YIMMO_WSGI_APP", ("-a", "--app"), _w("app"),
+           'the application: MODULE:APP, or APP with the module setting', "MODULE:APP"),
+    Option("listen", _endpoints, "YIMMO_WSGI_LISTEN", ("--listen",), _w("listen"),
+           "Twisted endpoint string to listen on: tcp:, tcp6:, ssl:, unix:, systemd:, "
+           "haproxy:... (repeatable; replaces --port)", "ENDPOINT", repeat=True),
+    Option("port", _port, "YIMMO_WSGI_PORT", ("-P", "--port"), _w("port"),
            "TCP port to listen on, all interfaces (used when no --listen is given)"),
+    Option("no_proc", _positive_int, "YIMMO_WSGI_NO_PROC", ("-p", "--no-proc"), _w("no_proc"),
+           "server processes; above 1 a manager process shares the sockets among them"),
     Option("no_threads", _positive_int, "YIMMO_WSGI_NO_THREADS", ("-t", "--no-threads"),
-           "worker threads running the application"),
-    Option("log_level", _log_level, "YIMMO_LOG_LEVEL", ("-l", "--log-level"),
-           "one of " + ", ".join(LOG_LEVELS)),
+           _w("no_threads"), "worker threads running the application, per process"),
+    Option("log_level", _choice(LOG_LEVELS), "YIMMO_LOG_LEVEL", ("-l", "--log-level"),
+           ("log_level",), "one of " + ", ".join(LOG_LEVELS), "LEVEL"),
+    Option("access_log", _choice(ACCESS_LOG_FORMATS), "YIMMO_ACCESS_LOG", ("--access-log",),
+           _w("access_log"), "access log format: " + ", ".join(ACCESS_LOG_FORMATS), "FORMAT"),
+    Option("tls_cert", _file, "YIMMO_TLS_CERT_PATH", ("--tls-cert",), _w("tls", "cert"),
+           "PEM certificate (chain): with --tls-key, --port serves HTTPS", "FILE"),
+    Option("tls_key", _file, "YIMMO_TLS_KEY_PATH", ("--tls-key",), _w("tls", "key"),
+           "PEM private key of --tls-cert", "FILE"),
+    Option("grace", _seconds, "YIMMO_WSGI_GRACE", ("--grace",), _w("grace"),
+           "seconds in-flight requests may take to finish on SIGTERM/SIGINT/SIGHUP"),
     Option("idle_timeout", _seconds, "YIMMO_SERVER_IDLE_TIMEOUT", ("--idle-timeout",),
-           "seconds a keep-alive connection may wait for its next request"),
+           _w("idle_timeout"), "seconds a keep-alive connection may wait for its next request"),
     Option("header_timeout", _seconds, "YIMMO_HEADER_TIMEOUT", ("--header-timeout",),
+           _w("header_timeout"),
            "seconds from the first byte of a request head to its end (slow clients get 408)"),
     Option("read_timeout", _seconds, "YIMMO_READ_TIMEOUT", ("--read-timeout",),
-           "seconds a request body may stall between two reads (408)"),
+           _w("read_timeout"), "seconds a request body may stall between two reads (408)"),
     Option("max_request_line", _size, "YIMMO_MAX_REQUEST_LINE", ("--max-request-line",),
-           "bytes of the request target (414 beyond)"),
+           _w("max_request_line"), "bytes of the request target (414 beyond)"),
     Option("max_header_bytes", _size, "YIMMO_MAX_HEADER_BYTES", ("--max-header-bytes",),
-           "bytes of all request header fields together (431 beyond)"),
+           _w("max_header_bytes"), "bytes of all request header fields together (431 beyond)"),
     Option("max_headers", _positive_int, "YIMMO_MAX_HEADERS", ("--max-headers",),
-           "number of request header fields (431 beyond)"),
+           _w("max_headers"), "number of request header fields (431 beyond)"),
     Option("max_body_size", _size, "YIMMO_MAX_BODY_SIZE", ("--max-body-size",),
-           "bytes of one request body (413 beyond)"),
+           _w("max_body_size"), "bytes of one request body (413 beyond)"),
     Option("input_buffer", _size, "YIMMO_INPUT_BUFFER", ("--input-buffer",),
-           "request body bytes buffered before reading from the client pauses"),
+           _w("input_buffer"), "request body bytes buffered before reading from the client pauses"),
     Option("output_buffer", _size, "YIMMO_OUTPUT_BUFFER", ("--output-buffer",),
+           _w("output_buffer"),
            "response bytes not yet written before the application's writes wait"),
     Option("max_pipeline", _positive_int, "YIMMO_MAX_PIPELINE", ("--max-pipeline",),
-           "requests of one connection queued before reading from it pauses"),
-    Option("steal_after", _seconds, "YIMMO_STEAL_AFTER", ("--steal-after",),
+           _w("max_pipeline"), "requests of one connection queued before reading from it pauses"),
+    Option("steal_after", _seconds, "YIMMO_STEAL_AFTER", ("--steal-after",), _w("steal_after"),
            "seconds an exchange may run before the worker is taken to be blocked and "
            "idle workers take the exchanges queued behind it"),
-    Option("linger", _seconds, "YIMMO_LINGER", ("--linger",),
+    Option("linger", _seconds, "YIMMO_LINGER", ("--linger",), _w("linger"),
            "seconds to drain a client's input after an error response before closing"),
+    # WebSockets (websockets.py); input_buffer and output_buffer bound their queues too.
+    Option("ws_max_message_size", _size, "YIMMO_WS_MAX_MESSAGE_SIZE",
+           ("--ws-max-message-size",), _w("websockets", "max_message_size"),
+           "bytes of one WebSocket message, received or sent (larger: close 1009)"),
+    Option("ws_max_frame_size", _size, "YIMMO_WS_MAX_FRAME_SIZE", ("--ws-max-frame-size",),
+           _w("websockets", "max_frame_size"),
+           "bytes of one received WebSocket frame (larger: close 1009)"),
+    Option("ws_compression", _flag, "YIMMO_WS_COMPRESSION", ("--ws-compression",),
+           _w("websockets", "compression"),
+           "accept permessage-deflate when the client offers it (on/off)", "ON|OFF"),
+    Option("ws_ping_interval", _seconds_or_off, "YIMMO_WS_PING_INTERVAL",
+           ("--ws-ping-interval",), _w("websockets", "ping_interval"),
+           "seconds between the server's pings on a WebSocket (0: no pings)"),
+    Option("ws_ping_timeout", _seconds_or_off, "YIMMO_WS_PING_TIMEOUT",
+           ("--ws-ping-timeout",), _w("websockets", "ping_timeout"),
+           "seconds to wait for the pong before dropping the connection (0: wait forever)"),
+    Option("ws_send_timeout", _seconds, "YIMMO_WS_SEND_TIMEOUT", ("--ws-send-timeout",),
+           _w("websockets", "send_timeout"),
+           "seconds ws.send may wait for a client that does not read (then TimeoutError)"),
+    Option("ws_origins", _names, "YIMMO_WS_ORIGINS", ("--ws-origins",),
+           _w("websockets", "origins"),
+           "allowed Origin patterns of WebSocket handshakes, e.g. https://*.example.com "
+           "(* allows any; others are refused with 400)", "PATTERNS"),
+    Option("ws_subprotocols", _names, "YIMMO_WS_SUBPROTOCOLS", ("--ws-subprotocols",),
+           _w("websockets", "subprotocols"),
+           "subprotocols the server speaks, preferred first: the first one the client "
+           "offers is chosen (on_open may choose another)", "NAMES"),
 )
+
+BY_NAME = {o.name: o for o in OPTIONS}
 
 
 @dataclass
 class Settings:
     """Every setting of the server, with its default."""
 
-    app: Optional[str] = None  # MODULE:EXPR
+    config: Optional[str] = None
+    module: Optional[str] = None
+    app: Optional[str] = None  # MODULE:EXPR, or EXPR with ``module``
     listen: List[str] = field(default_factory=list)  # Twisted endpoint strings
     port: int = 8081  # as yimmo-wsgi
+    no_proc: int = 1
     no_threads: int = 4
     log_level: str = "INFO"
+    access_log: str = "combined"
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    grace: float = 30.0
     idle_timeout: float = 5.0  # as yimmo-wsgi
     header_timeout: float = 10.0
     read_timeout: float = 30.0
@@ -132,29 +277,142 @@ class Settings:
     max_pipeline: int = 32
     steal_after: float = 0.001
     linger: float = 2.0
+    ws_max_message_size: int = 16 << 20
+    ws_max_frame_size: int = 16 << 20
+    ws_compression: bool = False
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
+    ws_send_timeout: float = 30.0
+    ws_origins: List[str] = field(default_factory=lambda: ["*"])
+    ws_subprotocols: List[str] = field(default_factory=list)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def app_spec(self) -> Optional[str]:
+        """MODULE:EXPR: ``app`` when it names its module, else ``module`` + ``app``."""
+        if self.app and ":" in self.app:
+            return self.app
+        if self.module:
+            return "%s:%s" % (self.module, self.app or "app")
+        return self.app
 
     def endpoints(self) -> List[str]:
-        return list(self.listen) or ["tcp:%d" % self.port]
+        """The endpoint strings to listen on: ``listen``, else ``port`` (TLS if configured)."""
+        if self.listen:
+            return list(self.listen)
+        if self.tls:
+            return ["ssl:%d:privateKey=%s:certKey=%s"
+                    % (self.port, _quote(self.tls_key), _quote(self.tls_cert))]
+        return ["tcp:%d" % self.port]
 
-    def update(self, values: Mapping[str, str], source: Callable[[Option], str]) -> None:
-        """Parse and set raw values (by option name), naming ``source`` in any error."""
-        for option in OPTIONS:
-            if option.name in values and values[option.name] is not None:
-                raw = values[option.name]
-                try:
-                    setattr(self, option.name, option.parse(raw))
-                except (TypeError, ValueError) as e:
-                    raise ConfigError("invalid %s %r from %s: %s"
-                                      % (option.name, raw, source(option), e)) from None
+    def set(self, name: str, raw: Any, source: str) -> None:
+        """Parse and set one raw value; ``source`` says where it came from, for errors."""
+        try:
+            setattr(self, name, BY_NAME[name].parse(raw))
+        except (TypeError, ValueError) as e:
+            raise ConfigError("invalid %s %r (%s): %s" % (name, raw, source, e)) from None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "Settings":
+        return cls(**values)
 
 
-def from_environ(environ: Mapping[str, str] = os.environ, settings: Optional[Settings] = None
-                 ) -> Settings:
-    settings = settings or Settings()
-    values = {o.name: environ[o.env] for o in OPTIONS if o.env and o.env in environ}
-    settings.update(values, lambda o: "environment variable " + o.env)
+def _quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+# -- the three sources -------------------------------------------------------------------
+
+def apply_yaml(settings: Settings, data: Any, source: str) -> None:
+    """Set what a YAML document (or YimmoService's keywords, in the same shape) holds."""
+    by_path = {o.yaml: o for o in OPTIONS if o.yaml}
+    branches = {o.yaml[:i] for o in OPTIONS for i in range(1, len(o.yaml))}
+
+    def walk(node: Any, path: Tuple[str, ...]) -> None:
+        if not isinstance(node, Mapping):
+            raise ConfigError("%s in %s must be a mapping" % (".".join(path) or "the document",
+                                                             source))
+        for key, value in node.items():
+            here = path + (str(key),)
+            if here in by_path:
+                if value is not None:
+                    settings.set(by_path[here].name, value, "%s in %s" % (".".join(here), source))
+            elif here in branches:
+                walk(value, here)
+            else:
+                raise ConfigError("unknown setting %s in %s" % (".".join(here), source))
+
+    if data is not None:
+        walk(data, ())
+
+
+def load_yaml(settings: Settings, path: str, source: str) -> None:
+    import yaml
+
+    try:
+        with open(path, "rb") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError("cannot read config file %s (%s): %s" % (path, source, e.strerror))
+    except yaml.YAMLError as e:
+        raise ConfigError("config file %s is not valid YAML: %s"
+                          % (path, " ".join(str(e).split())))
+    apply_yaml(settings, data, "config file " + path)
+
+
+def build(overrides: Mapping[str, Any], override_source: Callable[[Option], str],
+          environ: Mapping[str, str] = os.environ, yaml_overrides: Any = None,
+          yaml_source: str = "", need_app: bool = True) -> Settings:
+    """
+    The settings: defaults < YAML file < environment < ``overrides`` (raw values by
+    setting name, e.g. parsed from the command line; None means not given).
+    ``yaml_overrides`` is a mapping in the YAML file's shape applied last (the keywords of
+    YimmoService).  The file is named by ``config`` in the overrides or the environment.
+    """
+    settings = Settings()
+    path_source = None
+    if overrides.get("config") is not None:
+        path_source = override_source(BY_NAME["config"])
+        settings.set("config", overrides["config"], path_source)
+    elif isinstance(yaml_overrides, Mapping) and yaml_overrides.get("config") is not None:
+        path_source = yaml_source
+        settings.set("config", yaml_overrides["config"], path_source)
+    elif environ.get("YIMMO_WSGI_CONFIG"):
+        path_source = "environment variable YIMMO_WSGI_CONFIG"
+        settings.set("config", environ["YIMMO_WSGI_CONFIG"], path_source)
+    if settings.config:
+        load_yaml(settings, settings.config, path_source)
+    for option in OPTIONS:
+        if option.env and option.env in environ and option.name != "config":
+            settings.set(option.name, environ[option.env], "environment variable " + option.env)
+    for option in OPTIONS:
+        raw = overrides.get(option.name)
+        if raw is not None and raw != [] and option.name != "config":
+            settings.set(option.name, raw, override_source(option))
+    if yaml_overrides:
+        rest = {k: v for k, v in yaml_overrides.items() if k != "config"}
+        apply_yaml(settings, rest, yaml_source)
+    check(settings, need_app)
     return settings
 
 
-def setting_names() -> List[str]:
-    return [f.name for f in fields(Settings)]
+def check(settings: Settings, need_app: bool = True) -> None:
+    """Rules across settings."""
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ConfigError("TLS needs both tls_cert and tls_key (YIMMO_TLS_CERT_PATH, "
+                          "YIMMO_TLS_KEY_PATH, wsgi.tls.cert/key)")
+    spec = settings.app_spec
+    if not need_app:
+        return
+    if not spec:
+        raise ConfigError("no application given: WSGI_MODULE:WSGI_APP, or YIMMO_WSGI_MODULE "
+                          "and YIMMO_WSGI_APP")
+    if ":" not in spec:
+        raise ConfigError("invalid application %r: expected MODULE:APP (or the module "
+                          "setting, YIMMO_WSGI_MODULE)" % spec)

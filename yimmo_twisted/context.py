@@ -14,14 +14,15 @@ import re
 import sys
 from typing import Any, Callable, Iterable, Optional
 
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 
 from .exchange import (
     ABORT, CLOSE, CONTINUE_100, DONE, LAST_CHUNK, MORE, RESUME, SERVER_SOFTWARE,
     ClientDisconnected, Exchange, HTTPError, chunk, date_header, error_response,
 )
+from .logs import logger
 
-log = Logger(namespace="yimmo.context")
+log = logger("yimmo.context")
 
 # RFC 9110 5.1 token, and the characters that must never reach the wire in a field value
 # (CTLs but HTAB; CR and LF would let an app split the response).
@@ -133,7 +134,7 @@ class InputStream:
 class ErrorStream:
     """``wsgi.errors``: text written here goes to the log, a line at a time."""
 
-    _log = Logger(namespace="yimmo.app")
+    _log = logger("yimmo.app")
 
     def write(self, text: str) -> None:
         text = text.rstrip("\n")

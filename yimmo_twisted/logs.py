@@ -61,11 +61,11 @@ def banner(log: Logger, settings, role: str, endpoints: List[str]) -> None:
 
     log.info("yimmo-twisted {version} ({role}, pid {pid}) on Twisted {twisted}, Python "
              "{python}: {app} on {endpoints}, {no_proc} process(es) x {no_threads} "
-             "thread(s), log level {level}, access log {access}",
+             "thread(s), log level {yimmo_level}, access log {access}",
              version=__version__, role=role, pid=os.getpid(), twisted=twisted.__version__,
              python=sys.version.split()[0], app=settings.app_spec, endpoints=" ".join(endpoints),
              no_proc=settings.no_proc, no_threads=settings.no_threads,
-             level=settings.log_level, access=settings.access_log)
+             yimmo_level=settings.log_level, access=settings.access_log)
 
 
 # -- access log --------------------------------------------------------------------------

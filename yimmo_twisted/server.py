@@ -1,59 +1,146 @@
 """
 The server: the reactor side of one process.  Listening ports, the sessions, the worker
-pool and the handoff, the timeout sweep; a Twisted service so that twistd, .tac files
-and the ``yimmo-wsgi`` command all run the same thing.
+pool and the handoff, the timeout sweep, the graceful drain; a Twisted service so that
+twistd, .tac files and the ``yimmo-wsgi`` command all run the same thing (directly, or
+in each server process of the manager, see proc.py).
 """
 
 from __future__ import annotations
 
 from time import monotonic
-from typing import Callable, List, Optional, Set
+from typing import Callable, List, Optional, Set, Tuple
 
 from twisted.application import service
-from twisted.internet import defer, endpoints
-from twisted.internet.protocol import Factory
+from twisted.internet import defer, endpoints, task
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+# Twisted exports only proxyEndpoint; the session needs the wrapper itself (see below).
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
+from twisted.protocols.policies import WrappingFactory
+from zope.interface import directlyProvides, providedBy
 
 from . import __version__
 from .config import Settings
 from .context import ErrorStream, FileWrapper
 from .exchange import SERVER_SOFTWARE
-from .session import HTTPSession
+from .logs import AccessLog, logger
+from .session import _IDLE, HTTPSession
+from .websockets import Bridge
 from .worker import Handoff, WorkerPool
 
-log = Logger(namespace="yimmo.server")
+log = logger("yimmo.server")
+
+PROXY_PREFIX = "haproxy:"
+
+# During a drain, a connection idle this long is closed: its client is between requests
+# (a fresh connection gets this long for its first request to arrive).
+DRAIN_IDLE = 0.25
+
+
+def split_endpoint(description: str) -> Tuple[bool, str]:
+    """(speaks the PROXY protocol, the endpoint beneath): ``haproxy:tcp:80`` -> (True, ``tcp:80``)."""
+    if description.startswith(PROXY_PREFIX):
+        return True, description[len(PROXY_PREFIX):]
+    return False, description
+
+
+def url_scheme(description: str) -> str:
+    return "https" if split_endpoint(description)[1].startswith("ssl:") else "http"
 
 
 class SessionFactory(Factory):
     noisy = False
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: "Server", base_environ: dict) -> None:
         self.server = server
+        self.base_environ = base_environ
 
     def buildProtocol(self, addr) -> HTTPSession:
-        return HTTPSession(self.server)
+        return HTTPSession(self.server, self.base_environ)
+
+
+class _Held(Protocol):
+    """Stands in for the session while the PROXY header is parsed: keeps what follows it."""
+
+    def __init__(self) -> None:
+        self.data: List[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data.append(data)
+
+
+class ProxiedSession(HAProxyProtocolWrapper):
+    """
+    Twisted's PROXY protocol wrapper, except that the session starts only once the header
+    is read: the session takes REMOTE_ADDR from ``getPeer()`` in ``connectionMade``, and
+    only then does ``getPeer()`` give the client's address instead of the proxy's.
+    """
+
+    _started = False
+
+    def makeConnection(self, transport) -> None:
+        directlyProvides(self, providedBy(transport))
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._started:
+            self.wrappedProtocol.dataReceived(data)
+            return
+        session, held = self.wrappedProtocol, _Held()
+        self.wrappedProtocol = held
+        try:
+            super().dataReceived(data)
+        finally:
+            self.wrappedProtocol = session
+        if self._proxyInfo is not None and not self.disconnecting:
+            self._started = True
+            session.makeConnection(self)
+            if held.data:
+                session.dataReceived(b"".join(held.data))
+
+    def connectionLost(self, reason) -> None:
+        self.factory.unregisterProtocol(self)
+        if self._started:
+            self.wrappedProtocol.connectionLost(reason)
+        self.wrappedProtocol = None
+
+
+class ProxiedFactory(WrappingFactory):
+    protocol = ProxiedSession
+    noisy = False
 
 
 class Server(service.Service):
-    """Serves one WSGI application on the endpoints of ``settings``."""
+    """
+    Serves one WSGI application on the endpoints of ``settings``, or on listening sockets
+    inherited from the manager (``adopted``: (file descriptor, address family,
+    endpoint description) each).
+    """
 
     def __init__(self, app: Callable, settings: Settings, reactor=None,
-                 url_scheme: str = "http", multiprocess: bool = False) -> None:
+                 multiprocess: bool = False,
+                 adopted: Optional[List[Tuple[int, int, str]]] = None) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.app = app
         self.settings = settings
+        self.adopted = adopted
         self.sessions: Set[HTTPSession] = set()
         self.handoff = Handoff(reactor, settings.output_buffer)
         self.pool = WorkerPool(app, settings.no_threads, self.handoff, settings.steal_after)
+        self.websockets = Bridge(self)
+        self.access: Optional[AccessLog] = None
+        if settings.access_log != "off":
+            self.access = AccessLog(settings.access_log, reactor)
+            self.pool.access = self.access.record
         self.ports: List = []
         self.base_environ = {
             "SCRIPT_NAME": "",
             "SERVER_SOFTWARE": "%s/%s" % (SERVER_SOFTWARE, __version__),
             "wsgi.version": (1, 0),
-            "wsgi.url_scheme": url_scheme,
+            "wsgi.url_scheme": "http",
             "wsgi.errors": ErrorStream(),
             "wsgi.multithread": settings.no_threads > 1,
             "wsgi.multiprocess": multiprocess,
@@ -63,20 +150,38 @@ class Server(service.Service):
         }
         self._sweep: Optional[LoopingCall] = None
 
+    def _factory(self, description: str) -> Factory:
+        base = dict(self.base_environ, **{"wsgi.url_scheme": url_scheme(description)})
+        factory: Factory = SessionFactory(self, base)
+        proxied, inner = split_endpoint(description)
+        if self.adopted is not None and inner.startswith("ssl:"):
+            # An adopted socket is plain TCP: TLS goes on here, with the endpoint's context
+            # (SSL4ServerEndpoint keeps it in _sslContextFactory).
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+            context = endpoints.serverFromString(self.reactor, inner)._sslContextFactory
+            factory = TLSMemoryBIOFactory(context, False, factory)
+        if proxied:
+            factory = ProxiedFactory(factory)
+        return factory
+
     @defer.inlineCallbacks
     def startService(self):
         service.Service.startService(self)
         self.pool.start()
         self.pool.install(self.reactor)
-        factory = SessionFactory(self)
-        for description in self.settings.endpoints():
-            endpoint = endpoints.serverFromString(self.reactor, description)
-            port = yield endpoint.listen(factory)
-            self.ports.append(port)
-            address = port.getHost()
-            log.info("listening on {type} {host}:{port}", type=address.type,
-                     host=getattr(address, "host", getattr(address, "name", "")),
-                     port=getattr(address, "port", ""))
+        if self.access is not None:
+            self.access.start()
+        if self.adopted is not None:
+            for fd, family, description in self.adopted:
+                self.ports.append(self.reactor.adoptStreamPort(fd, family,
+                                                               self._factory(description)))
+        else:
+            for description in self.settings.endpoints():
+                endpoint = endpoints.serverFromString(self.reactor,
+                                                      split_endpoint(description)[1])
+                self.ports.append((yield endpoint.listen(self._factory(description))))
+        for port in self.ports:
+            log.info("listening on {address}", address=describe(port))
         s = self.settings
         # One sweep for all deadlines costs less than a timer per request; it runs often
         # enough that the shortest timeout is kept to within a quarter of itself.
@@ -93,45 +198,47 @@ class Server(service.Service):
 
     @defer.inlineCallbacks
     def stopService(self):
+        """Stop accepting, let in-flight requests finish (``grace``), then stop."""
         service.Service.stopService(self)
-        if self._sweep is not None and self._sweep.running:
-            self._sweep.stop()
         yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
         self.ports = []
+        self.websockets.stop()
+        yield self._drain(monotonic() + self.settings.grace)
+        if self._sweep is not None and self._sweep.running:
+            self._sweep.stop()
         for session in list(self.sessions):
             session.abort()
         self.pool.uninstall()
         self.pool.stop()
+        if self.access is not None:
+            self.access.stop()
         log.info("served {requests} requests; thread hand-overs: {worker_wakeups} worker "
                  "wake-ups, {reactor_wakeups} reactor wake-ups, {hops_per_request:.2f} "
                  "per request", **self.pool.hops())
 
+    @defer.inlineCallbacks
+    def _drain(self, deadline: float):
+        """Until ``deadline``: close connections as they fall idle, wait for the others."""
+        idle_timeout = self.settings.idle_timeout
+        while self.sessions:
+            now = monotonic()
+            if now >= deadline:
+                log.warn("grace period over: closing {n} connection(s) with requests in "
+                         "flight", n=len(self.sessions))
+                return
+            for session in list(self.sessions):
+                if (session.phase == _IDLE and not session.inflight
+                        and session.deadline is not None
+                        and now - (session.deadline - idle_timeout) >= DRAIN_IDLE):
+                    session.transport.loseConnection()
+            yield task.deferLater(self.reactor, 0.05, lambda: None)
 
-class YimmoService(Server):
-    """
-    The server as a service for .tac files and the twistd plugin::
 
-        application = service.Application("myapp")
-        YimmoService(app="myapp:app", port=8081, no_threads=4).setServiceParent(application)
-
-    ``app`` is a ``MODULE:EXPR`` string or the WSGI callable itself; the keywords are the
-    names of the settings (see ``yimmo-wsgi --help``).  Environment variables apply
-    below them, as for the command.
-    """
-
-    def __init__(self, app, reactor=None, **settings) -> None:
-        from .config import ConfigError, from_environ, setting_names
-        from .util import load_app
-
-        unknown = sorted(set(settings) - set(setting_names()) - {"app"})
-        if unknown:
-            raise ConfigError("unknown setting(s): " + ", ".join(unknown))
-        values = from_environ()
-        listen = settings.pop("listen", None)
-        values.update({k: str(v) for k, v in settings.items()}, lambda o: "keyword " + o.name)
-        if listen:
-            values.listen = [listen] if isinstance(listen, str) else list(listen)
-        if isinstance(app, str):
-            values.app = app
-            app = load_app(app)
-        super().__init__(app, values, reactor)
+def describe(port) -> str:
+    """``tcp 127.0.0.1:8081``, ``unix /run/app.sock``: as the "listening on" log says it."""
+    address = port.getHost()
+    if hasattr(address, "port"):
+        host = address.host if ":" not in address.host else "[%s]" % address.host
+        return "%s %s:%d" % (address.type.lower(), host, address.port)
+    name = address.name
+    return "unix %s" % (name.decode() if isinstance(name, bytes) else name)

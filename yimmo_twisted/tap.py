@@ -1,44 +1,51 @@
-"""``twistd yimmo`` / ``twist yimmo``: the options and the service of the plugin."""
+"""``twistd yimmo`` / ``twist yimmo``: the options (from config.OPTIONS) and the service."""
 
 from __future__ import annotations
 
+import os
+
 from twisted.python import usage
 
-from .config import OPTIONS, ConfigError, Settings
-from .server import YimmoService
+from .config import OPTIONS, ConfigError, Settings, build
 from .util import AppError
 
 _defaults = Settings()
 
 
+def _help(option) -> str:
+    default = getattr(_defaults, option.name)
+    return "%s (default %s; env %s; YAML %s)" % (
+        option.help, default if default not in (None, []) else "none", option.env,
+        option.key or "-")
+
+
 class Options(usage.Options):
     synopsis = "--app MODULE:APP [options]"
-    optParameters = [["app", "a", None, 'the WSGI application: module:name or module:factory("arg")']] + [
-        [o.flags[-1][2:], o.flags[0][1:] if len(o.flags) > 1 else None, None,
-         "%s (default %s; env %s)" % (o.help, getattr(_defaults, o.name), o.env)]
-        for o in OPTIONS
-    ]
+    optParameters = [[o.long, o.short, None, _help(o)] for o in OPTIONS
+                     if o.flags and not o.repeat]
 
     def __init__(self) -> None:
         super().__init__()
-        self["listen"] = []
+        self["listen"] = []  # the one repeatable option (config.OPTIONS: repeat=True)
 
     def opt_listen(self, endpoint: str) -> None:
-        """Twisted endpoint string to listen on (repeatable; replaces --port)"""
+        """Twisted endpoint string: tcp:, tcp6:, ssl:, unix:, systemd:, haproxy:...
+        (repeatable; replaces --port)"""
         self["listen"].append(endpoint)
 
     def postOptions(self) -> None:
         # Build the service here: twistd reports a UsageError from postOptions as one
         # line and a non-zero exit, which is what a bad app or setting deserves.
-        if not self["app"]:
-            raise usage.UsageError("--app MODULE:APP is required")
-        settings = {o.name: self[o.flags[-1][2:]] for o in OPTIONS
-                    if self[o.flags[-1][2:]] is not None}
+        values = {o.name: self.get(o.long, self.get(o.name)) for o in OPTIONS if o.flags}
+        if values.get("app"):
+            values["module"] = None  # --app names module and app at once
         try:
-            self.service = YimmoService(self["app"], listen=self["listen"] or None, **settings)
+            from .service import YimmoService
+            self.service = YimmoService(settings=build(
+                values, lambda o: "option --" + o.long, os.environ))
         except (ConfigError, AppError) as e:
             raise usage.UsageError(str(e))
 
 
-def makeService(options: Options) -> YimmoService:
+def makeService(options: Options):
     return options.service

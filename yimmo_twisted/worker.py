@@ -28,15 +28,16 @@ from __future__ import annotations
 import threading
 from collections import deque
 from queue import SimpleQueue
-from time import monotonic
+from time import monotonic, time
 from typing import Callable, List, Optional
 
 from twisted.logger import Logger
 
 from .context import Context
 from .exchange import MORE, Exchange
+from .logs import logger
 
-log = Logger(namespace="yimmo.worker")
+log = logger("yimmo.worker")
 
 
 class Handoff:
@@ -131,6 +132,7 @@ class Worker(threading.Thread):
     def run(self) -> None:
         app = self.pool.app
         emit = self.pool.handoff.emit
+        access = self.pool.access
         take = self._take
         while True:
             exchange = take()
@@ -148,7 +150,10 @@ class Worker(threading.Thread):
             self.started = monotonic()
             try:
                 if not exchange.session.gone:
-                    Context(exchange, emit).run(app)
+                    context = Context(exchange, emit)
+                    context.run(app)
+                    if access is not None:
+                        access((context, time()))
                 elif exchange.body is not None:
                     exchange.body.release()
             except BaseException:  # the worker outlives anything an app raises
@@ -178,6 +183,7 @@ class WorkerPool:
         self._batch: list = []
         self.submitted = 0
         self._reactor = None
+        self.access: Optional[Callable] = None  # the access log's record, set before start()
 
     def start(self) -> None:
         for worker in self.workers:

@@ -1,0 +1,330 @@
+"""
+The manager (``no_proc > 1``): it owns the listening sockets and runs ``no_proc`` server
+processes that share them.
+
+Sharing: the manager listens (through Twisted's endpoints, so every endpoint type
+works), stops reading from its ports, and hands the sockets to each server process as
+inherited file descriptors that the process adopts (``reactor.adoptStreamPort``).  All
+processes accept from one kernel queue, and the queue outlives any one process: a process
+that dies or is replaced never takes queued connections with it, so a restart or a
+SIGHUP reload refuses no connection (SO_REUSEPORT gives each process its own queue, whose
+connections are reset when that process closes it).
+
+A server process (``python -m yimmo_twisted.proc SPEC``) talks to the manager over two
+pipes: its stdin (EOF: the manager is gone, drain and exit, so that no process outlives a
+killed manager) and its fd 3 ("ready", or the error that stopped it at start-up).
+
+Signals: SIGTERM/SIGINT stop the manager's reactor; stopping, the manager closes its
+sockets and sends SIGTERM to every server process, which stops accepting and drains its
+requests for ``grace`` seconds (then SIGKILL).  SIGHUP replaces the server processes one
+by one: a new one is started, and only once it is ready is the old one drained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from time import monotonic
+from typing import Callable, Dict, List, Optional, Tuple
+
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.internet.error import ReactorNotRunning
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from zope.interface import implementer
+
+from .config import Settings
+from .logs import banner, logger, set_level, start_logging
+from .server import describe, split_endpoint
+
+log = logger("yimmo.proc")
+
+EXIT_START = 3  # a server process that cannot start (bad app, bad setting): no retry
+START_FAILURES = 5  # early deaths in a row before the manager gives up
+MIN_LIFETIME = 2.0  # seconds: a process dying sooner died "at start-up"
+READY_TIMEOUT = 60.0  # seconds for a new process to start listening (app import included)
+KILL_MARGIN = 5.0  # seconds past the grace period before SIGKILL
+CONTROL_FD = 3  # server process -> manager: "ready" or "error: ..."
+FIRST_SOCKET_FD = 4
+
+
+class ServerProcess(ProcessProtocol):
+    """The manager's end of one server process."""
+
+    def __init__(self, manager: "Manager", slot: int) -> None:
+        self.manager = manager
+        self.slot = slot
+        self.started = monotonic()
+        self.ready = defer.Deferred()
+        self.is_ready = False
+        self.retired = False  # asked to stop: its end is expected
+        self.error = ""
+        self._control = b""
+        self.ended = defer.Deferred()
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.transport.pid if self.transport else None
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        if fd != CONTROL_FD:
+            return
+        self._control += data
+        while b"\n" in self._control:
+            line, _, self._control = self._control.partition(b"\n")
+            text = line.decode("utf-8", "replace")
+            if text == "ready" and not self.is_ready:
+                self.is_ready = True
+                self.ready.callback(self)
+            elif text.startswith("error: "):
+                self.error = text[len("error: "):]
+
+    def signal(self, name: str) -> None:
+        try:
+            self.transport.signalProcess(name)
+        except Exception:
+            pass  # already gone
+
+    def retire(self) -> None:
+        """Drain and exit (SIGTERM)."""
+        self.retired = True
+        self.signal("TERM")
+
+    def processEnded(self, reason) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        sig = getattr(reason.value, "signal", None)
+        if not self.ready.called:
+            self.ready.errback(RuntimeError(self.error or "exited at start-up"))
+        self.manager._ended(self, code, sig)
+        self.ended.callback(None)
+
+
+class _Listening(Factory):
+    """The manager's ports never accept (reading is stopped): this is never called."""
+
+    noisy = False
+
+    def buildProtocol(self, addr):  # pragma: no cover
+        return None
+
+
+class Manager(service.Service):
+    """Runs ``settings.no_proc`` server processes on sockets the manager owns."""
+
+    def __init__(self, settings: Settings, fatal: Callable[[int], None], reactor=None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.settings = settings
+        self._fatal = fatal
+        self.ports: List = []
+        self.sockets: List[Tuple[int, int, str]] = []  # (manager fd, family, description)
+        self.procs: Dict[int, ServerProcess] = {}  # slot -> current process
+        self.retiring: List[ServerProcess] = []
+        self.failures = 0
+        self.stopping = False
+        self.reloading = False
+        self.restarts = 0
+
+    # -- start ---------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def startService(self):
+        service.Service.startService(self)
+        for description in self.settings.endpoints():
+            endpoint = endpoints.serverFromString(self.reactor, split_endpoint(description)[1])
+            port = yield endpoint.listen(_Listening())
+            port.stopReading()  # the server processes accept; the manager only holds it
+            self.ports.append(port)
+            self.sockets.append((port.fileno(), port.addressFamily, description))
+            log.info("manager holds {address} for {n} server processes",
+                     address=describe(port), n=self.settings.no_proc)
+        banner(log, self.settings, "manager", [describe(p) for p in self.ports])
+        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        for slot in range(self.settings.no_proc):
+            self._spawn(slot)
+
+    def _spawn(self, slot: int) -> ServerProcess:
+        proc = ServerProcess(self, slot)
+        fds = {0: "w", 1: 1, 2: 2, CONTROL_FD: "r"}
+        adopted = []
+        for i, (fd, family, description) in enumerate(self.sockets):
+            fds[FIRST_SOCKET_FD + i] = fd
+            adopted.append((FIRST_SOCKET_FD + i, family, description))
+        spec = json.dumps({"settings": self.settings.to_dict(), "adopted": adopted,
+                           "slot": slot})
+        self.reactor.spawnProcess(proc, sys.executable,
+                                  [sys.executable, "-m", "yimmo_twisted.proc", spec],
+                                  env=dict(os.environ), childFDs=fds)
+        self.procs[slot] = proc
+        proc.ready.addCallback(self._ready)
+        proc.ready.addErrback(lambda f: None)
+        return proc
+
+    def _ready(self, proc: ServerProcess) -> None:
+        log.info("server process {slot} ready (pid {pid})", slot=proc.slot, pid=proc.pid)
+
+    # -- deaths --------------------------------------------------------------------
+
+    def _ended(self, proc: ServerProcess, code: Optional[int], sig: Optional[int]) -> None:
+        if proc in self.retiring:
+            self.retiring.remove(proc)
+        if self.procs.get(proc.slot) is not proc:
+            return  # replaced by a reload: its end is expected
+        del self.procs[proc.slot]
+        if self.stopping:
+            return
+        how = "signal %s" % sig if sig else "exit code %s" % code
+        if code == EXIT_START:
+            return self._give_up("server process %d cannot start: %s"
+                                 % (proc.slot, proc.error or how))
+        early = not proc.is_ready or monotonic() - proc.started < MIN_LIFETIME
+        self.failures = self.failures + 1 if early else 0
+        if self.failures >= START_FAILURES:
+            return self._give_up("server processes keep dying at start-up (%d in a row, "
+                                 "the last: %s%s)" % (self.failures, how,
+                                                      ": " + proc.error if proc.error else ""))
+        log.warn("server process {slot} (pid {pid}) died ({how}); starting another",
+                 slot=proc.slot, pid=proc.pid, how=how)
+        self.restarts += 1
+        self._spawn(proc.slot)
+
+    def _give_up(self, why: str) -> None:
+        log.critical("yimmo-wsgi: error: {why}; stopping", why=why)
+        self._fatal(1)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    # -- reload (SIGHUP) -----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def reload(self):
+        """Replace the server processes one at a time; each old one drains once its successor is ready."""
+        if self.reloading or self.stopping:
+            return
+        self.reloading = True
+        log.info("SIGHUP: replacing {n} server processes", n=len(self.procs))
+        try:
+            for slot in sorted(self.procs):
+                old = self.procs[slot]
+                new = self._spawn(slot)
+                try:
+                    yield new.ready.addTimeout(READY_TIMEOUT, self.reactor)
+                except Exception as e:
+                    log.error("reload stopped: the new server process {slot} did not start "
+                              "({error}); the old ones keep serving", slot=slot, error=e)
+                    self.procs[slot] = old
+                    new.signal("KILL")
+                    return
+                self.retiring.append(old)
+                old.retire()
+            log.info("reload done")
+        finally:
+            self.reloading = False
+
+    # -- stop ----------------------------------------------------------------------
+
+    def stopService(self):
+        service.Service.stopService(self)
+        self.stopping = True
+        for port in self.ports:
+            port.stopListening()  # the processes still hold the sockets while they drain
+        procs = list(self.procs.values()) + self.retiring
+        for proc in procs:
+            proc.retire()
+        if not procs:
+            return defer.succeed(None)
+        kill = self.reactor.callLater(self.settings.grace + KILL_MARGIN, self._kill, procs)
+        done = defer.DeferredList([p.ended for p in procs])
+        done.addCallback(lambda _: kill.cancel() if kill.active() else None)
+        return done
+
+    def _kill(self, procs: List[ServerProcess]) -> None:
+        for proc in procs:
+            if not proc.ended.called:
+                log.warn("server process {slot} (pid {pid}) still running after the grace "
+                         "period: SIGKILL", slot=proc.slot, pid=proc.pid)
+                proc.signal("KILL")
+
+
+# -- the server process -------------------------------------------------------------------
+
+@implementer(IHalfCloseableProtocol)
+class _Control(Protocol):
+    """The manager's pipes: stdin's end means the manager is gone."""
+
+    def __init__(self, reactor) -> None:
+        self.reactor = reactor
+
+    def readConnectionLost(self) -> None:
+        self.connectionLost(None)
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason=None) -> None:
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            return  # stopping already (SIGTERM from the manager)
+        log.warn("manager gone: stopping")
+
+
+def _report(line: str) -> None:
+    try:
+        os.write(CONTROL_FD, (line + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def server_process_main(argv: List[str]) -> None:
+    spec = json.loads(argv[1])
+    settings = Settings.from_dict(spec["settings"])
+    adopted = [tuple(a) for a in spec["adopted"]]
+    set_level(settings.log_level)
+    from .util import AppError, load_app
+    try:
+        app = load_app(settings.app_spec)
+    except AppError as e:
+        _report("error: %s" % e)
+        sys.exit(EXIT_START)
+
+    from twisted.internet import reactor
+    from twisted.internet.stdio import StandardIO
+
+    from .server import Server
+
+    start_logging(settings.log_level)
+    server = Server(app, settings, reactor, multiprocess=True, adopted=adopted)
+    control = _Control(reactor)
+
+    def started(_) -> None:
+        log.info("server process {slot} (pid {pid}) serving", slot=spec["slot"],
+                 pid=os.getpid())
+        _report("ready")
+
+    def failed(failure) -> None:
+        _report("error: %s" % failure.getErrorMessage())
+        reactor._yimmo_exit = EXIT_START
+        reactor.stop()
+
+    def start() -> None:
+        # Only the manager stops a server process: a Ctrl-C or hang-up that reaches the
+        # whole process group must not make the manager see deaths to repair.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        StandardIO(control, stdin=0, stdout=CONTROL_FD, reactor=reactor)
+        d = defer.maybeDeferred(server.startService)
+        d.addCallbacks(started, failed)
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+    reactor.run()
+    sys.exit(getattr(reactor, "_yimmo_exit", 0))
+
+
+if __name__ == "__main__":
+    server_process_main(sys.argv)

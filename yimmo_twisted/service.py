@@ -1,0 +1,92 @@
+"""
+The service every door runs: ``yimmo-wsgi``, ``twistd yimmo`` / ``twist yimmo`` and .tac
+files.  With ``no_proc = 1`` it is the server itself; above, the manager of server
+processes (proc.py).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from typing import Any, Callable, Optional, Union
+
+from twisted.application import service
+from twisted.internet import defer
+
+from .config import ConfigError, Settings, build
+from .logs import banner, logger, set_level
+from .server import Server, describe
+
+log = logger("yimmo.service")
+
+
+class YimmoService(service.MultiService):
+    """
+    The server as a service for .tac files::
+
+        application = service.Application("myapp")
+        YimmoService(app="myapp:app", port=8081, no_threads=4).setServiceParent(application)
+
+    The keywords are the keys of the YAML file's ``wsgi:`` section, plus ``log_level`` and
+    ``config`` (a YAML file); ``tls={"cert": ..., "key": ...}`` as in YAML.  ``app`` is a
+    ``MODULE:EXPR`` string, or the WSGI callable itself (then ``no_proc`` must be 1).
+    Precedence: YAML file < environment < keywords.  Bad values raise ``ConfigError``, an
+    application that cannot be loaded ``AppError``.
+    """
+
+    def __init__(self, app: Union[str, Callable, None] = None, reactor=None, *,
+                 settings: Optional[Settings] = None, **keywords: Any) -> None:
+        super().__init__()
+        callable_app = None if app is None or isinstance(app, str) else app
+        if settings is None:
+            shaped = {k: v for k, v in keywords.items() if k in ("config", "log_level")}
+            wsgi = {k: v for k, v in keywords.items() if k not in shaped}
+            if isinstance(app, str):
+                wsgi["app"] = app
+            if wsgi:
+                shaped["wsgi"] = wsgi
+            settings = build({}, lambda o: "", os.environ, shaped, "keywords of YimmoService",
+                             need_app=callable_app is None)
+        self.settings = settings
+        self.exit_code = 0
+        set_level(settings.log_level)
+        if settings.no_proc > 1:
+            from .proc import Manager
+            if callable_app is not None:
+                raise ConfigError("no_proc > 1 needs the application as MODULE:APP "
+                                  "(each server process imports it)")
+            self.child = Manager(settings, self._fatal, reactor)
+        else:
+            from .util import load_app
+            self.child = Server(callable_app or load_app(settings.app_spec), settings, reactor)
+        self.child.setServiceParent(self)
+
+    def startService(self) -> defer.Deferred:
+        service.Service.startService(self)
+        d = defer.maybeDeferred(self.child.startService)
+        if self.settings.no_proc == 1:
+            d.addCallback(lambda _: banner(log, self.settings, "server",
+                                           [describe(p) for p in self.child.ports]))
+        d.addErrback(self._cannot_start)
+        return d
+
+    def _cannot_start(self, failure) -> None:
+        log.critical("yimmo-wsgi: error: cannot start: {error}", error=failure.getErrorMessage())
+        self._fatal(1)
+        reactor = self.child.reactor
+        if reactor.running:
+            reactor.stop()
+
+    def _fatal(self, code: int) -> None:
+        """The manager gave up: make the process exit with ``code``, whoever runs it."""
+        self.exit_code = code
+        # twistd ignores how its reactor stopped; its process status is set here, after
+        # twistd's own clean-up (pid file) has run.
+        atexit.register(_exit, code)
+
+
+def _exit(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -229,7 +229,8 @@ OPTIONS = (
            "accept permessage-deflate when the client offers it (on/off)", "ON|OFF"),
     Option("ws_ping_interval", _seconds_or_off, "YIMMO_WS_PING_INTERVAL",
            ("--ws-ping-interval",), _w("websockets", "ping_interval"),
-           "seconds between the server's pings on a WebSocket (0: no pings)"),
+           "seconds between the server's pings on a WebSocket (0: no pings; autobahn's "
+           "timers count whole seconds)"),
     Option("ws_ping_timeout", _seconds_or_off, "YIMMO_WS_PING_TIMEOUT",
            ("--ws-ping-timeout",), _w("websockets", "ping_timeout"),
            "seconds to wait for the pong before dropping the connection (0: wait forever)"),

@@ -6,6 +6,10 @@ to workers.  Responses come back through ``deliver`` and are written in request 
 while a session has an exchange in flight, its later (pipelined) exchanges go to the same
 worker's queue, so they run one at a time and their output arrives in order.
 
+A WebSocket handshake, when the app has registered callbacks, ends HTTP on the
+connection: the session stops parsing at the end of its head and hands the transport to
+the autobahn bridge (``_want_upgrade``, ``_hand_over``; websockets.py).
+
 Everything about refusing input lives here: limits, timeouts, framing errors.  A refused
 request gets its 4xx after the responses to the requests before it; nothing after it is
 processed, and the connection closes.
@@ -158,6 +162,7 @@ class HTTPSession(Protocol):
         self._head_mid_feed = False  # the head began after another request in the same read
         self._completed_in_feed = 0  # requests completed in the read being parsed
         self._line_done = False  # the request line of the open head has ended
+        self._upgrade: Optional[dict] = None  # a WebSocket handshake, to hand over
 
     # -- connection ------------------------------------------------------------------
 
@@ -258,9 +263,12 @@ class HTTPSession(Protocol):
                     self._parser.feed_data(data)
                     break
                 except HttpParserUpgrade as e:
+                    data = data[e.args[0]:]
+                    if self._upgrade is not None:
+                        self._hand_over(data)
+                        return
                     # No WebSocket handler took it: the request was an ordinary one.  The
                     # parser stops after an upgrade request; go on with a fresh one.
-                    data = data[e.args[0]:]
                     self._parser = HttpRequestParser(self)
                     if not data:
                         break
@@ -369,6 +377,9 @@ class HTTPSession(Protocol):
         self._target(env)
         if http11 and "HTTP_HOST" not in env:
             raise HTTPError(400, "missing Host header")
+        if "HTTP_UPGRADE" in env and self.server.websockets.wants(env):
+            self._want_upgrade(env)
+            return
         body = None
         if "HTTP_TRANSFER_ENCODING" in env:
             # llhttp has checked that chunked is the final coding and that no
@@ -410,6 +421,32 @@ class HTTPSession(Protocol):
             self._held = exchange
         else:
             self._new.append(exchange)
+
+    # -- WebSockets: the connection leaves HTTP (see websockets.py) --------------------
+
+    def _want_upgrade(self, env: dict) -> None:
+        """
+        A WebSocket handshake for the app's callbacks.  llhttp stops at the end of its
+        head (HttpParserUpgrade in dataReceived), where the connection is handed over;
+        autobahn checks the handshake.
+        """
+        if not self._parser.should_upgrade():
+            # Upgrade without "Connection: upgrade" (RFC 9110 7.8): llhttp would read on.
+            raise HTTPError(400, "WebSocket handshake without Connection: upgrade")
+        if self.inflight or self._new:
+            raise HTTPError(400, "WebSocket handshake behind pipelined requests")
+        self._upgrade = env
+        self.phase = _APP
+        self.deadline = None
+
+    def _hand_over(self, rest: bytes) -> None:
+        """From here on the connection speaks WebSocket: this session lets go of it."""
+        env, self._upgrade = self._upgrade, None
+        self._stopped = True
+        self.gone = True
+        self.server.sessions.discard(self)
+        self.transport.unregisterProducer()
+        self.server.websockets.take_over(self.transport, env, rest)
 
     def _target(self, env: dict) -> None:
         """PATH_INFO and QUERY_STRING from the request target (RFC 9112 3.2)."""

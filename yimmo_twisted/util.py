@@ -7,6 +7,8 @@ import importlib
 import sys
 from typing import Callable
 
+from .yimmo_module import install as install_yimmo
+
 
 class AppError(Exception):
     """The application named cannot be loaded; the message says what was not found."""
@@ -38,6 +40,7 @@ def load_app(spec: str) -> Callable:
         raise AppError("%r: expected MODULE:APP, e.g. myapp:app" % spec)
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")  # as python -m does: apps are found in the current directory
+    install_yimmo()  # apps do ``import yimmo`` at import time
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:

@@ -76,11 +76,16 @@ class Handoff:
                 self._reactor.callFromThread(self.drain)
         if end == MORE and data and (
                 session.paused or session.produced - session.consumed > self._output_buffer):
-            self._wait_writable(session)
+            self.wait_writable(session)
 
-    def _wait_writable(self, session) -> None:
+    def wait_writable(self, session, timeout: Optional[float] = None) -> bool:
+        """
+        Wait until ``session`` (an HTTP session or a WebSocket channel) takes output again:
+        its client reads and little enough is unwritten.  False after ``timeout`` seconds.
+        """
         limit = self._output_buffer
         event = session.writable
+        deadline = None if timeout is None else monotonic() + timeout
         session.writer_waiting = True
         try:
             while not session.gone and (
@@ -90,9 +95,13 @@ class Handoff:
                 if session.gone or not (
                         session.paused or session.produced - session.consumed > limit):
                     break
-                event.wait()
+                if deadline is None:
+                    event.wait()
+                elif not event.wait(max(0.0, deadline - monotonic())):
+                    return False
         finally:
             session.writer_waiting = False
+        return True
 
     @property
     def pending(self) -> bool:
@@ -149,7 +158,9 @@ class Worker(threading.Thread):
                 self.sleeping = False
             self.started = monotonic()
             try:
-                if not exchange.session.gone:
+                if type(exchange) is not Exchange:
+                    exchange.run()  # a WebSocket's callbacks (websockets._Inbox)
+                elif not exchange.session.gone:
                     context = Context(exchange, emit)
                     context.run(app)
                     if access is not None:

@@ -1,0 +1,492 @@
+"""
+WebSockets, black-box: the real server (``ws_apps:app``, the demo) against an independent
+client (the ``websockets`` package), raw frames over rawhttp, and headless Chromium.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect as ws_connect
+
+import rawhttp
+from conftest import start_server
+
+TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = start_server("ws_apps:app", "-t", "4", "--access-log", "off")
+    yield s
+    s.stop()
+
+
+def url(server, path="/") -> str:
+    return "ws://127.0.0.1:%d%s" % (server.port, path)
+
+
+def client(server, path="/", **kw):
+    kw.setdefault("open_timeout", 5)
+    kw.setdefault("close_timeout", 2)
+    kw.setdefault("compression", None)
+    return ws_connect(url(server, path), **kw)
+
+
+def ws_log(server) -> dict:
+    return server.get("/ws-log").json()
+
+
+def wait_for(predicate, timeout=5.0, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+# -- raw frames ---------------------------------------------------------------------------
+
+KEY = base64.b64encode(b"0123456789abcdef").decode()
+
+
+def handshake(headers=None, path="/", method="GET", version="HTTP/1.1") -> bytes:
+    base = {"Upgrade": "websocket", "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": KEY}
+    base.update(headers or {})
+    return rawhttp.request(method, path, [(k, v) for k, v in base.items() if v is not None],
+                           version=version)
+
+
+def frame(opcode: int, payload: bytes = b"", fin: bool = True, rsv: int = 0,
+          mask: bool = True) -> bytes:
+    """One client frame (masked, as RFC 6455 requires of clients, unless mask=False)."""
+    n = len(payload)
+    first = (0x80 if fin else 0) | rsv | opcode
+    bit = 0x80 if mask else 0
+    if n < 126:
+        head = bytes([first, bit | n])
+    elif n < 65536:
+        head = bytes([first, bit | 126]) + struct.pack("!H", n)
+    else:
+        head = bytes([first, bit | 127]) + struct.pack("!Q", n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def read_frame(conn: rawhttp.Connection, timeout: float = 5.0):
+    """(fin, opcode, payload) of the next server frame."""
+    b0, b1 = conn.read_exact(2, timeout)
+    assert not b1 & 0x80, "server frames are never masked"
+    n = b1 & 0x7F
+    if n == 126:
+        (n,) = struct.unpack("!H", conn.read_exact(2, timeout))
+    elif n == 127:
+        (n,) = struct.unpack("!Q", conn.read_exact(8, timeout))
+    return bool(b0 & 0x80), b0 & 0x0F, conn.read_exact(n, timeout)
+
+
+def raw_open(server, path="/") -> rawhttp.Connection:
+    conn = server.connect()
+    conn.send(handshake(path=path))
+    r = conn.read_response()
+    assert r.status == 101, r
+    return conn
+
+
+def close_code(conn: rawhttp.Connection) -> int:
+    """The code of the close frame the server sends next (skipping other frames)."""
+    while True:
+        fin, opcode, payload = read_frame(conn)
+        if opcode == CLOSE:
+            return struct.unpack("!H", payload[:2])[0]
+
+
+# -- echo ---------------------------------------------------------------------------------
+
+def test_text_and_binary_echo(server):
+    with client(server) as ws:
+        ws.send("héllo")
+        assert ws.recv(timeout=5) == "héllo"
+        ws.send(b"\x00\xff\x01")
+        assert ws.recv(timeout=5) == b"\x00\xff\x01"
+        ws.send("")
+        assert ws.recv(timeout=5) == ""
+
+
+def test_flags_of_received_messages_and_fragmented_input(server):
+    conn = raw_open(server)
+    with conn:
+        # A text message in three fragments arrives at on_message whole, with FIN | TEXT.
+        conn.send(frame(TEXT, b"ab", fin=False) + frame(0, b"cd", fin=False)
+                  + frame(0, b"ef"))
+        assert read_frame(conn) == (True, TEXT, b"abcdef")
+        conn.send(frame(BINARY, b"\x01\x02"))
+        assert read_frame(conn) == (True, BINARY, b"\x01\x02")
+        # Pings are answered by the server itself.
+        conn.send(frame(PING, b"p"))
+        assert read_frame(conn) == (True, PONG, b"p")
+
+
+def test_fragmented_output(server):
+    conn = raw_open(server)
+    with conn:
+        conn.send(frame(TEXT, b"fragments"))
+        frames = [read_frame(conn)]
+        while not frames[-1][0]:
+            frames.append(read_frame(conn))
+        # A fragmented message on the wire (autobahn may end it with an empty frame).
+        assert frames[0][:2] == (False, TEXT) and len(frames) >= 3
+        assert all(f[1] == 0 for f in frames[1:])
+        assert b"".join(f[2] for f in frames) == b"fragmented"
+    with client(server) as ws:
+        ws.send("fragments")
+        assert ws.recv(timeout=5) == "fragmented"
+
+
+def test_order_of_1000_messages(server):
+    with client(server) as ws:
+        for i in range(1000):
+            ws.send("m%d" % i)
+        got = [ws.recv(timeout=10) for _ in range(1000)]
+    assert got == ["m%d" % i for i in range(1000)]
+    assert ws_log(server)["overlap"] == 0  # never two callbacks of one session at once
+
+
+def test_one_mib_message(server):
+    payload = os.urandom(1 << 20)
+    with client(server, max_size=2 << 20) as ws:
+        ws.send(payload)
+        assert ws.recv(timeout=10) == payload
+        text = "x" * (1 << 20)
+        ws.send(text)
+        assert ws.recv(timeout=10) == text
+
+
+def test_100_sessions_at_once(server):
+    async def one(i):
+        async with websockets.connect(url(server, "/s%d" % i), open_timeout=10,
+                                      compression=None) as ws:
+            for j in range(5):
+                await ws.send("%d:%d" % (i, j))
+            return [await asyncio.wait_for(ws.recv(), 10) for _ in range(5)]
+
+    async def main():
+        return await asyncio.gather(*(one(i) for i in range(100)))
+
+    results = asyncio.run(asyncio.wait_for(main(), 40))
+    assert results == [["%d:%d" % (i, j) for j in range(5)] for i in range(100)]
+
+
+# -- the handshake's request and the callbacks ----------------------------------------------
+
+def test_environ_of_the_handshake(server):
+    with client(server, "/room/1?user=ann", additional_headers={
+            "Cookie": "sid=abc", "X-Test": "t1"}) as ws:
+        ws.send("environ")
+        env = json.loads(ws.recv(timeout=5))
+    assert env == {"path": "/room/1", "query": "user=ann", "cookie": "sid=abc",
+                   "remote_addr": "127.0.0.1", "header": "t1", "subprotocol": None}
+
+
+def test_callbacks_run_on_worker_threads(server):
+    with client(server) as ws:
+        ws.send("thread")
+        info = json.loads(ws.recv(timeout=5))
+    assert info["reactor"] is False
+    assert info["name"].startswith("yimmo-worker-")
+
+
+def test_send_from_on_open_arrives_first(server):
+    with client(server, "/greet") as ws:
+        ws.send("second")
+        assert ws.recv(timeout=5) == "hello"
+        assert ws.recv(timeout=5) == "second"
+
+
+def test_on_open_refusal_and_error(server):
+    closes = ws_log(server)["close_paths"]
+    with pytest.raises(InvalidStatus) as e:
+        client(server, "/reject")
+    assert e.value.response.status_code == 403
+    with pytest.raises(InvalidStatus) as e:
+        client(server, "/raise-open")
+    assert e.value.response.status_code == 500
+    assert "on_open fails on purpose" in server.wait_for_output("on_open fails").string
+    time.sleep(0.2)
+    # on_close is for sessions that on_open accepted.
+    assert ws_log(server)["close_paths"] == closes
+
+
+def test_exception_in_on_message_closes_with_1011(server):
+    with client(server, "/failing") as ws:
+        ws.send("raise")
+        with pytest.raises(ConnectionClosed) as e:
+            ws.recv(timeout=5)
+    assert e.value.rcvd.code == 1011
+    server.wait_for_output("on_message fails on purpose")
+    with client(server) as ws:  # the server goes on
+        ws.send("still here")
+        assert ws.recv(timeout=5) == "still here"
+    assert wait_for(lambda: "/failing" in ws_log(server)["close_paths"])
+
+
+def test_slow_callback_delays_neither_http_nor_other_sessions(server):
+    with client(server, "/slow") as slow, client(server) as fast:
+        slow.send("sleep:1.5")
+        time.sleep(0.1)
+        start = time.monotonic()
+        fast.send("quick")
+        assert fast.recv(timeout=5) == "quick"
+        assert server.get("/").body == b"hello"
+        assert time.monotonic() - start < 0.8
+        assert slow.recv(timeout=5) == "slept"
+
+
+# -- closing ------------------------------------------------------------------------------
+
+def test_close_handshake_started_by_the_client(server):
+    before = ws_log(server)["closes"]
+    conn = raw_open(server, "/bye")
+    with conn:
+        conn.send(frame(CLOSE, struct.pack("!H", 1000) + b"bye"))
+        fin, opcode, payload = read_frame(conn)
+        assert (opcode, struct.unpack("!H", payload[:2])[0]) == (CLOSE, 1000)
+        assert conn.closed(timeout=3)  # the server closes the TCP connection (RFC 6455 7.1.1)
+    assert wait_for(lambda: ws_log(server)["closes"] > before)
+
+
+def test_close_handshake_started_by_the_app(server):
+    with client(server) as ws:
+        ws.send("close")
+        with pytest.raises(ConnectionClosed) as e:
+            ws.recv(timeout=5)
+    assert e.value.rcvd.code == 1000
+
+
+# -- protocol errors ----------------------------------------------------------------------
+
+def test_invalid_utf8_closes_with_1007(server):
+    conn = raw_open(server)
+    with conn:
+        conn.send(frame(TEXT, b"ok \xff\xfe"))
+        assert close_code(conn) == 1007
+
+
+@pytest.mark.parametrize("data", [
+    frame(0x3, b"reserved opcode"),
+    frame(TEXT, b"rsv1 without an extension", rsv=0x40),
+    frame(TEXT, b"unmasked", mask=False),
+    frame(0, b"continuation of nothing"),
+    frame(PING, b"fragmented ping", fin=False),
+], ids=["opcode", "rsv", "unmasked", "continuation", "control-fragment"])
+def test_protocol_errors_close_with_1002(server, data):
+    conn = raw_open(server)
+    with conn:
+        conn.send(data)
+        assert close_code(conn) == 1002
+
+
+def test_oversized_message_and_frame_close_with_1009(serve):
+    s = serve("ws_apps:app", "--ws-max-message-size", "64K", "--ws-max-frame-size", "16K")
+    conn = raw_open(s)
+    with conn:  # frames within the limit, the message beyond it
+        conn.send(b"".join(frame(BINARY if i == 0 else 0, b"x" * 10000, fin=(i == 7))
+                           for i in range(8)))
+        assert close_code(conn) == 1009
+    conn = raw_open(s)
+    with conn:
+        conn.send(frame(BINARY, b"x" * 20000))
+        assert close_code(conn) == 1009
+    with client(s) as ws:  # at the limit: fine
+        ws.send(b"y" * 16000)
+        assert ws.recv(timeout=5) == b"y" * 16000
+
+
+# -- invalid upgrades ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("headers,method,status", [
+    ({"Sec-WebSocket-Key": None}, "GET", 400),
+    ({"Sec-WebSocket-Key": "short"}, "GET", 400),
+    ({"Sec-WebSocket-Version": None}, "GET", 400),
+    ({"Connection": None}, "GET", 400),
+    ({"Connection": "keep-alive"}, "GET", 400),
+    ({}, "POST", 400),
+    ({"Sec-WebSocket-Version": "8"}, "GET", 426),
+    ({"Sec-WebSocket-Version": "14"}, "GET", 426),
+], ids=["no-key", "bad-key", "no-version", "no-connection", "connection-keep-alive", "post",
+        "version-8", "version-14"])
+def test_invalid_upgrades(server, headers, method, status):
+    with server.connect() as conn:
+        conn.send(handshake(headers, method=method))
+        r = conn.read_response()
+        assert r.status == status, r
+        if status == 426:
+            assert r.header("sec-websocket-version") == "13"
+        assert conn.closed(timeout=3)
+
+
+def test_upgrade_without_callbacks_goes_to_the_wsgi_app(serve):
+    s = serve("apps:hello")
+    with s.connect() as conn:
+        conn.send(handshake())
+        r = conn.read_response()
+    assert r.status == 200 and r.body == b"Hello, World!\n"
+
+
+# -- settings -----------------------------------------------------------------------------
+
+def test_subprotocols_origins_and_compression(serve):
+    s = serve("ws_apps:app", "--ws-subprotocols", "chat, superchat",
+              "--ws-origins", "http://good.example", "--ws-compression", "on")
+    with client(s, subprotocols=["superchat", "chat"], origin="http://good.example",
+                compression="deflate") as ws:
+        assert ws.subprotocol == "chat"  # the server's preference
+        assert "permessage-deflate" in ws.response.headers["Sec-WebSocket-Extensions"]
+        ws.send("environ")
+        assert json.loads(ws.recv(timeout=5))["subprotocol"] == "chat"
+        big = "abc" * 100000
+        ws.send(big)
+        assert ws.recv(timeout=5) == big
+    with pytest.raises(InvalidStatus) as e:
+        client(s, origin="http://evil.example")
+    assert e.value.response.status_code == 400
+
+
+def test_compression_is_off_by_default(server):
+    with client(server, compression="deflate") as ws:
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        ws.send("plain")
+        assert ws.recv(timeout=5) == "plain"
+
+
+def test_auto_ping_drops_a_silent_client(serve):
+    # autobahn's timers have a precision of one second: pings come within 1-2 s.
+    s = serve("ws_apps:app", "--ws-ping-interval", "1", "--ws-ping-timeout", "1")
+    conn = raw_open(s)  # a raw client: it never answers pings
+    with conn, client(s) as ws:  # the websockets client answers them
+        start = time.monotonic()
+        fin, opcode, payload = read_frame(conn, timeout=4)
+        assert opcode == PING
+        conn.read_until_close(timeout=4)
+        assert time.monotonic() - start < 4
+        ws.send("alive")
+        assert ws.recv(timeout=5) == "alive"
+
+
+def test_backpressure_send_waits_then_times_out(serve):
+    s = serve("ws_apps:app", "--output-buffer", "64K", "--ws-send-timeout", "1")
+    conn = s.connect()
+    conn.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF,
+                         65536)
+    conn.send(handshake())
+    assert conn.read_response().status == 101
+    with conn:
+        # 2000 x 64 KiB = 125 MiB would be sent; the client reads nothing for 2 s.
+        conn.send(frame(TEXT, b"flood:2000:65536"))
+        time.sleep(2.0)
+        received = 0
+        while True:
+            fin, opcode, payload = read_frame(conn, timeout=10)
+            if opcode == TEXT:
+                break
+            received += len(payload)
+        assert payload == b"flood failed: TimeoutError"
+        # What was queued while the client did not read stayed bounded.
+        assert received < 16 << 20, received
+        conn.send(frame(TEXT, b"after"))
+        assert read_frame(conn) == (True, TEXT, b"after")
+
+
+# -- a real browser -----------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
+                    "(apt-get install chromium chromium-driver; .ci/run does)")
+def test_browser_echo_on_the_demo_page(serve):
+    s = serve("examples.demo.app:app")
+    with tempfile.TemporaryDirectory() as profile:
+        browser = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+             "--user-data-dir=" + profile, "--remote-debugging-port=0", "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            devtools = _devtools_url(browser)
+            text = _page_text(devtools, s.url + "/websocket", "echo: Hello from the browser")
+        finally:
+            browser.kill()
+            browser.wait(10)
+    assert "open" in text and "echo: Hello from the browser" in text
+
+
+def _devtools_url(browser, timeout=20.0) -> str:
+    """The browser's DevTools WebSocket, from the line Chromium prints at start."""
+    found = []
+
+    def read():
+        for line in iter(browser.stderr.readline, b""):
+            m = re.search(rb"DevTools listening on (ws://\S+)", line)
+            if m:
+                found.append(m.group(1).decode())
+                break
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not found:
+        pytest.fail("chromium did not start DevTools within %.0f s" % timeout)
+    return found[0]
+
+
+def _page_text(devtools: str, page: str, wanted: str, timeout: float = 20.0) -> str:
+    """Open ``page`` in a new tab; poll its #log text until it holds ``wanted``."""
+    ids = iter(range(1, 1 << 30))
+
+    def call(ws, method, session=None, **params):
+        n = next(ids)
+        message = {"id": n, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        ws.send(json.dumps(message))
+        while True:
+            reply = json.loads(ws.recv(timeout=10))
+            if reply.get("id") == n:
+                assert "error" not in reply, reply
+                return reply["result"]
+
+    with ws_connect(devtools, open_timeout=10, max_size=None,
+                    compression=None) as ws:
+        target = call(ws, "Target.createTarget", url=page)["targetId"]
+        session = call(ws, "Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            result = call(ws, "Runtime.evaluate", session,
+                          expression="(document.getElementById('log') || {}).textContent",
+                          returnByValue=True)
+            text = result["result"].get("value") or ""
+            if wanted in text:
+                break
+            time.sleep(0.1)
+        return text

@@ -20,8 +20,9 @@ from __future__ import annotations
 import re
 import threading
 from collections import deque
+from functools import partial
 from time import monotonic
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 from urllib.parse import unquote_to_bytes
 
 from httptools import (
@@ -123,6 +124,32 @@ def _request_start(data: bytes, n: int) -> int:
     return lo
 
 
+def write_direct(transport: tcp.Connection, data: bytes) -> None:
+    """
+    Send at once when the transport has nothing buffered.  Going through
+    transport.write would cost two epoll_ctl calls and a reactor iteration per
+    response (register for writability, send, unregister), each syscall a point
+    where a worker takes the GIL from the reactor.
+    """
+    t = transport
+    if (t._tempDataBuffer or len(t.dataBuffer) > t.offset or t.disconnecting
+            or t._writeDisconnecting or not t.connected):
+        t.write(data)
+        return
+    sent = t.writeSomeData(data)
+    if type(sent) is not int:
+        t.write(data)  # an error: let the transport find and report it
+    elif sent < len(data):
+        t.write(data[sent:])
+
+
+def writer(transport) -> Callable[[bytes], None]:
+    """How to write to ``transport``: directly for plain TCP (see write_direct)."""
+    if isinstance(transport, tcp.Connection):
+        return partial(write_direct, transport)
+    return transport.write
+
+
 @implementer(IPushProducer, IHalfCloseableProtocol)
 class HTTPSession(Protocol):
     """One connection.  Also the push producer its transport pauses when the client is slow."""
@@ -170,9 +197,8 @@ class HTTPSession(Protocol):
         transport = self.transport
         transport.registerProducer(self, True)
         # Plain TCP: responses go straight to the socket when nothing is buffered (see
-        # _write_direct).  TLS and other transports use transport.write.
-        self._write = (self._write_direct if isinstance(transport, tcp.Connection)
-                       else transport.write)
+        # write_direct).  TLS and other transports use transport.write.
+        self._write = writer(transport)
         self._base = base = self._base_environ.copy()
         peer = transport.getPeer()
         host = transport.getHost()
@@ -531,24 +557,6 @@ class HTTPSession(Protocol):
                 self._resume_reading(_PAUSE_BODY)
             else:
                 self._done(exchange, end)
-
-    def _write_direct(self, data: bytes) -> None:
-        """
-        Send at once when the transport has nothing buffered.  Going through
-        transport.write would cost two epoll_ctl calls and a reactor iteration per
-        response (register for writability, send, unregister), each syscall a point
-        where a worker takes the GIL from the reactor.
-        """
-        t = self.transport
-        if (t._tempDataBuffer or len(t.dataBuffer) > t.offset or t.disconnecting
-                or t._writeDisconnecting or not t.connected):
-            t.write(data)
-            return
-        sent = t.writeSomeData(data)
-        if type(sent) is not int:
-            t.write(data)  # an error: let the transport find and report it
-        elif sent < len(data):
-            t.write(data[sent:])
 
     def _done(self, exchange: Exchange, end: int) -> None:
         self.inflight -= 1

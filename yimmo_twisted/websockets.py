@@ -49,6 +49,7 @@ from zope.interface import implementer
 
 from .exchange import CLOSE, RESUME, SERVER_SOFTWARE, ClientDisconnected, error_response
 from .logs import logger
+from .session import writer
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import Server
@@ -351,6 +352,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self._write = writer(self.transport)
         self.channel = _Channel(self, self.bridge)
         self.transport.registerProducer(self.channel, True)
         self.bridge.protocols.add(self)
@@ -359,6 +361,23 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self.bridge.protocols.discard(self)
         self.channel.shut()
         super().connectionLost(reason)
+
+    # autobahn's dataReceived and sendData format the arguments of a debug log line on
+    # every call, logged or not: a tenth of the cost of a small message.  These two go
+    # straight to the work (and write to plain TCP sockets directly, as HTTP sessions do).
+
+    def dataReceived(self, data: bytes) -> None:
+        self._dataReceived(data)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
+        if sync or chopsize or self.send_queue or self.logOctets:
+            super().sendData(data, sync, chopsize)
+            return
+        self._write(data)
+        if self.state == self.STATE_OPEN:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
+        else:
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
 
     # -- handshake -----------------------------------------------------------------------
 

@@ -57,6 +57,7 @@ class ServerProcess(ProcessProtocol):
     def __init__(self, manager: "Manager", slot: int) -> None:
         self.manager = manager
         self.slot = slot
+        self.pid: Optional[int] = None  # kept: the transport forgets it when the process ends
         self.started = monotonic()
         self.ready = defer.Deferred()
         self.is_ready = False
@@ -64,10 +65,6 @@ class ServerProcess(ProcessProtocol):
         self.error = ""
         self._control = b""
         self.ended = defer.Deferred()
-
-    @property
-    def pid(self) -> Optional[int]:
-        return self.transport.pid if self.transport else None
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         if fd != CONTROL_FD:
@@ -156,9 +153,9 @@ class Manager(service.Service):
             adopted.append((FIRST_SOCKET_FD + i, family, description))
         spec = json.dumps({"settings": self.settings.to_dict(), "adopted": adopted,
                            "slot": slot})
-        self.reactor.spawnProcess(proc, sys.executable,
-                                  [sys.executable, "-m", "yimmo_twisted.proc", spec],
-                                  env=dict(os.environ), childFDs=fds)
+        proc.pid = self.reactor.spawnProcess(
+            proc, sys.executable, [sys.executable, "-m", "yimmo_twisted.proc", spec],
+            env=dict(os.environ), childFDs=fds).pid
         self.procs[slot] = proc
         proc.ready.addCallback(self._ready)
         proc.ready.addErrback(lambda f: None)

@@ -203,13 +203,15 @@ class Server(service.Service):
         yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
         self.ports = []
         self.websockets.stop()
-        yield self._drain(monotonic() + self.settings.grace)
+        deadline = monotonic() + self.settings.grace
+        yield self._drain(deadline)
         if self._sweep is not None and self._sweep.running:
             self._sweep.stop()
         for session in list(self.sessions):
             session.abort()
         self.pool.uninstall()
-        self.pool.stop()
+        # Workers still in the app past the grace period are not waited for (daemons).
+        self.pool.stop(max(0.1, deadline - monotonic()))
         if self.access is not None:
             self.access.stop()
         log.info("served {requests} requests; thread hand-overs: {worker_wakeups} worker "

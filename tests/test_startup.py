@@ -1,0 +1,456 @@
+"""
+Start-up: the settings (YAML < environment < command line, and their errors), every door
+(yimmo-wsgi, twistd, twist, .tac, a real non-editable install), endpoints (TLS, Unix
+socket, PROXY protocol), logging (levels, banner, access log).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import rawhttp
+from conftest import ROOT, ServerProcess, _env
+from yimmo_twisted import config
+from yimmo_twisted.cli import settings_from
+from yimmo_twisted.config import ConfigError
+
+LOCAL = "tcp:0:interface=127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_yaml(tmp_path, text: str) -> str:
+    path = tmp_path / "yimmo.yaml"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+# -- precedence: defaults < YAML < environment < command line (in-process) ----------------
+
+def test_defaults_are_yimmo_wsgi_s(monkeypatch):
+    for key in list(os.environ):
+        if key.startswith("YIMMO_"):
+            monkeypatch.delenv(key)
+    s = settings_from(["m:app"])
+    assert (s.port, s.no_proc, s.no_threads, s.log_level, s.idle_timeout) == (8081, 1, 4,
+                                                                              "INFO", 5.0)
+
+
+def test_yaml_then_env_then_cli(tmp_path):
+    path = write_yaml(tmp_path, """\
+        log_level: DEBUG
+        wsgi:
+          port: 9001
+          no_proc: 3
+          no_threads: 5
+          idle_timeout: 7
+          max_body_size: 2M
+        """)
+    env = {"YIMMO_WSGI_CONFIG": path}
+    s = config.build({}, str, env, need_app=False)
+    assert (s.port, s.no_proc, s.no_threads, s.log_level, s.idle_timeout, s.max_body_size) == (
+        9001, 3, 5, "DEBUG", 7.0, 2 << 20)
+    env.update(YIMMO_WSGI_PORT="9002", YIMMO_WSGI_NO_THREADS="6", YIMMO_LOG_LEVEL="notice",
+               YIMMO_SERVER_IDLE_TIMEOUT="8", YIMMO_WSGI_NO_PROC="2")
+    s = config.build({}, str, env, need_app=False)
+    assert (s.port, s.no_proc, s.no_threads, s.log_level, s.idle_timeout) == (9002, 2, 6,
+                                                                              "NOTICE", 8.0)
+    s = config.build({"port": "9003", "no_threads": "1"}, str, env, need_app=False)
+    assert (s.port, s.no_threads, s.no_proc) == (9003, 1, 2)
+
+
+def test_cli_options_and_short_flags(monkeypatch, tmp_path):
+    path = write_yaml(tmp_path, "wsgi: {port: 9100}\n")
+    monkeypatch.setenv("YIMMO_WSGI_PORT", "9101")
+    s = settings_from(["-c", path, "-l", "trace", "-P", "9102", "-p", "2", "-t", "3", "m:app"])
+    assert (s.config, s.log_level, s.port, s.no_proc, s.no_threads) == (path, "TRACE", 9102, 2,
+                                                                        3)
+    s = settings_from(["--config", path, "m:app"])
+    assert s.port == 9101  # the environment beats the file
+
+
+def test_config_option_beats_config_env(monkeypatch, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = write_yaml(tmp_path / "a", "wsgi: {port: 9201}\n")
+    b = write_yaml(tmp_path / "b", "wsgi: {port: 9202}\n")
+    monkeypatch.delenv("YIMMO_WSGI_PORT", raising=False)
+    monkeypatch.setenv("YIMMO_WSGI_CONFIG", a)
+    assert settings_from(["m:app"]).port == 9201
+    assert settings_from(["-c", b, "m:app"]).port == 9202
+
+
+def test_app_from_module_and_app_env(monkeypatch):
+    monkeypatch.setenv("YIMMO_WSGI_MODULE", "pkg.mod")
+    monkeypatch.setenv("YIMMO_WSGI_APP", "create()")
+    assert settings_from([]).app_spec == "pkg.mod:create()"
+    assert settings_from(["other:app"]).app_spec == "other:app"  # the argument wins whole
+    monkeypatch.delenv("YIMMO_WSGI_APP")
+    assert settings_from([]).app_spec == "pkg.mod:app"
+
+
+def test_tls_from_yaml(tmp_path, certificate):
+    cert, key = certificate
+    path = write_yaml(tmp_path, "wsgi:\n  port: 8443\n  tls: {cert: %s, key: %s}\n" % (cert, key))
+    s = config.build({"config": path}, str, {}, need_app=False)
+    assert (s.tls_cert, s.tls_key) == (cert, key)
+    assert s.endpoints()[0].startswith("ssl:8443:")
+
+
+def test_yimmo_service_keywords_are_the_yaml_keys(monkeypatch, certificate):
+    from yimmo_twisted import YimmoService
+
+    cert, key = certificate
+    monkeypatch.setenv("YIMMO_WSGI_NO_THREADS", "7")
+    monkeypatch.setenv("YIMMO_WSGI_PORT", "1")
+    service = YimmoService(app="apps:hello", port=8089, tls={"cert": cert, "key": key},
+                           log_level="WARNING", idle_timeout=3)
+    s = service.settings
+    assert (s.port, s.no_threads, s.tls_key, s.log_level, s.idle_timeout) == (
+        8089, 7, key, "WARNING", 3.0)
+    with pytest.raises(ConfigError, match="unknown setting wsgi.bogus in keywords"):
+        YimmoService(app="apps:hello", bogus=1)
+
+
+@pytest.mark.parametrize("args, env, yaml_text, message", [
+    (["-P", "abc"], {}, None, "invalid port 'abc' (option -P/--port): expected a whole number"),
+    ([], {"YIMMO_WSGI_PORT": "abc"}, None,
+     "invalid port 'abc' (environment variable YIMMO_WSGI_PORT)"),
+    ([], {}, "wsgi: {port: abc}\n", "invalid port 'abc' (wsgi.port in config file"),
+    ([], {}, "wsgi: {bogus: 1}\n", "unknown setting wsgi.bogus in config file"),
+    ([], {}, "wsgi: [1, 2]\n", "wsgi in config file"),
+    (["-t", "0"], {}, None, "invalid no_threads '0' (option -t/--no-threads): must be at least 1"),
+    ([], {"YIMMO_LOG_LEVEL": "LOUD"}, None, "invalid log_level 'LOUD' (environment variable"),
+    ([], {"YIMMO_TLS_CERT_PATH": "/nonexistent/site.crt"}, None,
+     "invalid tls_cert '/nonexistent/site.crt' (environment variable YIMMO_TLS_CERT_PATH): "
+     "no such file"),
+    (["-c", "/nonexistent.yaml"], {}, None, "invalid config '/nonexistent.yaml' (option -c"),
+    ([], {"YIMMO_WSGI_NO_PROC": "two"}, None, "YIMMO_WSGI_NO_PROC"),
+])
+def test_bad_setting_one_line_and_exit_code(serve, tmp_path, args, env, yaml_text, message):
+    if yaml_text is not None:
+        args = args + ["-c", write_yaml(tmp_path, yaml_text)]
+    server = serve("apps:hello", *args, env=env, wait=False)
+    assert server.wait_exit() != 0
+    lines = server.output().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("yimmo-wsgi: error: "), lines
+    assert message in lines[0]
+
+
+def test_cert_without_key(serve, certificate):
+    server = serve("apps:hello", "--tls-cert", certificate[0], wait=False)
+    assert server.wait_exit() != 0
+    assert "TLS needs both tls_cert and tls_key" in server.output()
+
+
+# -- doors -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory):
+    """A fresh venv with a real, non-editable ``pip install .`` of this repository."""
+    where = tmp_path_factory.mktemp("venv")
+    env = _clean_env()
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
+                    str(where)], check=True, env=env, timeout=60)
+    # This Python's pip installs into the venv; building without isolation uses the
+    # setuptools and wheel installed here (the test extra): no index is needed.
+    pip = [sys.executable, "-m", "pip", "--python", str(where / "bin" / "python"), "install",
+           "-q", "--no-deps", "--no-build-isolation", "--no-index", ROOT]
+    subprocess.run(pip, check=True, env=env, cwd=str(where), timeout=120,
+                   stdout=subprocess.DEVNULL)
+    return where
+
+
+def _clean_env() -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("YIMMO_") and k != "PYTHONPATH"}
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    return env
+
+
+def test_installed_plugin_is_discovered(venv, tmp_path):
+    env = _clean_env()
+    out = subprocess.run(_twistd(venv) + ["--help"], env=env, cwd=str(tmp_path),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "yimmo" in out.stdout.split("Commands:")[-1], out
+    probe = textwrap.dedent("""\
+        import json, sys
+        from twisted.application.service import IServiceMaker
+        from twisted.plugin import getPlugins
+        import twisted.plugins.yimmo_plugin as plugin, yimmo_twisted
+        found = [p.tapname for p in getPlugins(IServiceMaker)]
+        print(json.dumps([found, plugin.__file__, yimmo_twisted.__file__]))
+        """)
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], env=env,
+                         cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+    found, plugin_file, package_file = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "yimmo" in found
+    # Both from the install, not from this checkout.
+    assert plugin_file.startswith(str(venv)) and package_file.startswith(str(venv))
+
+
+def _twistd(venv) -> list:
+    """twistd run by the venv's Python (Twisted's scripts live outside the venv)."""
+    return [str(venv / "bin" / "python"), "-c",
+            "from twisted.scripts.twistd import run; run()"]
+
+
+def _twist(venv) -> list:
+    # twist logs JSON unless told otherwise when its output is not a terminal.
+    return [str(venv / "bin" / "python"), "-m", "twisted", "--log-format=text"]
+
+
+def _door(argv, env=None) -> ServerProcess:
+    server = ServerProcess(argv, _env(env))
+    server._wait_listening(15)
+    return server
+
+
+@pytest.mark.parametrize("command", ["twistd", "twist"])
+def test_twistd_and_twist_serve(venv, command):
+    argv = (_twistd(venv) + ["-n", "--pidfile=", "yimmo"] if command == "twistd"
+            else _twist(venv) + ["yimmo"])
+    server = _door(argv + ["--app", "proc_apps:pid", "--listen", LOCAL, "-t", "2"])
+    try:
+        r = server.get("/")
+        assert r.status == 200 and r.body.split()[1:] == [b"False", b"http", b"127.0.0.1"]
+        assert "yimmo-twisted" in server.output()  # the banner
+    finally:
+        # twistd ends by re-raising the signal that stopped it (twist exits 0).
+        assert server.stop() in (0, -15)
+
+
+def test_twistd_runs_the_manager(venv):
+    server = _door(_twistd(venv) + ["-n", "--pidfile=", "yimmo", "--app", "proc_apps:pid",
+                                    "--listen", LOCAL, "--no-proc", "2", "-t", "1"])
+    try:
+        server.wait_for_output(r"server process 0 ready[\s\S]*server process 1 ready|"
+                               r"server process 1 ready[\s\S]*server process 0 ready")
+        answers = {server.get("/").body.split()[0] for _ in range(40)}
+        assert len(answers) == 2
+    finally:
+        assert server.stop() in (0, -15)
+    assert "server process 1 ready" in server.output()
+
+
+@pytest.mark.parametrize("no_proc", ["1", "2"])
+def test_twistd_app_import_error(venv, no_proc):
+    server = ServerProcess(_twistd(venv) + ["-n", "--pidfile=", "yimmo", "--app", "nosuch:app",
+                                            "--listen", LOCAL, "-p", no_proc], _env(None))
+    assert server.wait_exit(15) != 0
+    assert "module 'nosuch' not found" in server.output()
+
+
+def test_twistd_bad_setting_is_one_usage_error(venv):
+    server = ServerProcess(_twistd(venv) + ["-n", "--pidfile=", "yimmo",
+                            "--app", "apps:hello", "--port", "abc"], _env(None))
+    assert server.wait_exit() != 0
+    assert "invalid port 'abc' (option --port): expected a whole number" in server.output()
+
+
+def test_tac_file(venv, tmp_path):
+    tac = tmp_path / "app.tac"
+    tac.write_text(textwrap.dedent("""\
+        from twisted.application import service
+        from yimmo_twisted import YimmoService
+        application = service.Application("myapp")
+        YimmoService(app="proc_apps:pid", listen="%s", no_threads=2).setServiceParent(application)
+        """ % LOCAL))
+    server = _door(_twistd(venv) + ["-n", "--pidfile=", "-y", str(tac)])
+    try:
+        assert server.get("/").status == 200
+    finally:
+        assert server.stop() in (0, -15)
+
+
+def test_example_tac_builds():
+    from twisted.application import service
+
+    path = os.path.join(ROOT, "examples", "app.tac")
+    namespace = {"__file__": path}
+    exec(compile(open(path).read(), path, "exec"), namespace)
+    services = list(service.IServiceCollection(namespace["application"]))
+    assert services and services[0].settings.app_spec == "hello:app"
+
+
+def test_yimmo_wsgi_console_script(serve):
+    script = os.path.join(os.path.dirname(sys.executable), "yimmo-wsgi")
+    if not os.access(script, os.X_OK):
+        pytest.skip("no yimmo-wsgi script beside this Python")
+    server = _door([script, "--listen", LOCAL, "-t", "1", "apps:hello"])
+    try:
+        assert server.get("/").body == b"Hello, World!\n"
+    finally:
+        assert server.stop() == 0
+
+
+def test_port_from_yaml_file(serve, tmp_path):
+    port = free_port()
+    path = write_yaml(tmp_path, "wsgi: {port: %d, no_threads: 1}\n" % port)
+    server = serve("apps:hello", "-c", path, listen=False)
+    assert server.port == port
+    assert server.get("/").status == 200
+
+
+def test_port_env_beats_yaml_and_cli_beats_env(serve, tmp_path):
+    yaml_port, env_port, cli_port = free_port(), free_port(), free_port()
+    path = write_yaml(tmp_path, "wsgi: {port: %d}\n" % yaml_port)
+    env = {"YIMMO_WSGI_CONFIG": path, "YIMMO_WSGI_PORT": env_port}
+    assert serve("apps:hello", env=env, listen=False).port == env_port
+    assert serve("apps:hello", "-P", cli_port, env=env, listen=False).port == cli_port
+
+
+# -- endpoints ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for localhost: (cert path, key path)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+            .sign(key, hashes.SHA256()))
+    where = tmp_path_factory.mktemp("tls")
+    cert_path, key_path = where / "site.crt", where / "site.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def _over(sock: socket.socket) -> rawhttp.Connection:
+    """A rawhttp connection over a socket made here (TLS, Unix)."""
+    c = rawhttp.Connection.__new__(rawhttp.Connection)
+    c.host, c.port, c.timeout = "localhost", 0, rawhttp.DEFAULT_TIMEOUT
+    c.sock, c.buf, c.eof, c.reset = sock, bytearray(), False, False
+    sock.settimeout(rawhttp.DEFAULT_TIMEOUT)
+    return c
+
+
+def _tls_get(port: int, cert: str) -> rawhttp.Response:
+    context = ssl.create_default_context(cafile=cert)
+    sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5),
+                               server_hostname="localhost")
+    with _over(sock) as c:
+        c.send(rawhttp.request(headers={"Connection": "close"}))
+        return c.read_response()
+
+
+@pytest.mark.parametrize("no_proc", ["1", "2"])
+def test_tls_from_cert_and_key(serve, certificate, no_proc):
+    cert, key = certificate
+    server = serve("proc_apps:pid", "-P", "0", "-p", no_proc, "-t", "1", listen=False,
+                   env={"YIMMO_TLS_CERT_PATH": cert, "YIMMO_TLS_KEY_PATH": key})
+    r = _tls_get(server.port, cert)
+    assert r.status == 200
+    assert r.body.split()[1:3] == [str(no_proc == "2").encode(), b"https"]
+
+
+def test_tls_and_plain_endpoints_side_by_side(serve, certificate, tmp_path):
+    cert, key = certificate
+    tls_port = free_port()
+    server = serve("proc_apps:pid", "--listen",
+                   "ssl:%d:interface=127.0.0.1:privateKey=%s:certKey=%s" % (tls_port, key, cert))
+    assert server.get("/").body.split()[2] == b"http"
+    server.wait_for_output(r"listening on tcp 127\.0\.0\.1:%d" % tls_port)
+    assert _tls_get(tls_port, cert).body.split()[2] == b"https"
+
+
+@pytest.mark.parametrize("no_proc", ["1", "2"])
+def test_unix_socket(serve, tmp_path, no_proc):
+    path = str(tmp_path / "yimmo.sock")
+    server = serve("proc_apps:pid", "--listen", "unix:" + path, "-p", no_proc, listen=False,
+                   wait=False)
+    server.wait_for_output("listening on unix " + path, timeout=10)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(path)
+    with _over(sock) as c:
+        c.send(rawhttp.request(headers={"Connection": "close"}))
+        r = c.read_response()
+    assert r.status == 200 and r.body.split()[3] == b"unix:"
+
+
+@pytest.mark.parametrize("header", [
+    b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 80\r\n",
+    # v2: PROXY, TCP over IPv4, 12 address bytes: 203.0.113.7:40000 -> 127.0.0.1:80
+    b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes([203, 0, 113, 7, 127, 0, 0, 1])
+    + (40000).to_bytes(2, "big") + (80).to_bytes(2, "big"),
+], ids=["v1", "v2"])
+@pytest.mark.parametrize("no_proc", ["1", "2"])
+def test_proxy_protocol_gives_remote_addr(serve, header, no_proc):
+    server = serve("apps:environ_app", "-p", no_proc, "--listen", "haproxy:" + LOCAL,
+                   listen=False)
+    with server.connect() as c:
+        c.send(header + rawhttp.request())  # header and request in one segment
+        env = c.read_response().json()
+        c.send(rawhttp.request())  # and a second request on the connection
+        assert c.read_response().json()["REMOTE_ADDR"] == env["REMOTE_ADDR"]
+    assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("203.0.113.7", "40000")
+    assert env["wsgi.multiprocess"] is (no_proc == "2")
+
+
+def test_proxy_protocol_required(serve):
+    server = serve("apps:hello", "--listen", "haproxy:" + LOCAL, listen=False)
+    assert server.send_raw(rawhttp.request()) == b""  # no header: closed
+
+
+# -- logging -----------------------------------------------------------------------------
+
+def test_banner_and_combined_access_log(serve):
+    server = serve("apps:hello", "-t", "3")
+    server.get("/path?q=1", headers={"User-Agent": "probe/1", "Referer": "http://r/"})
+    server.wait_for_output(r'127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] '
+                           r'"GET /path\?q=1 HTTP/1\.1" 200 14 "http://r/" "probe/1"')
+    banner = server.wait_for_output(r"yimmo-twisted \S+ \(server, pid (\d+)\) on Twisted .*"
+                                    r"1 process\(es\) x 3 thread\(s\)")
+    assert int(banner.group(1)) == server.proc.pid
+
+
+def test_json_access_log(serve):
+    server = serve("apps:hello", "--access-log", "json")
+    server.get("/j")
+    line = server.wait_for_output(r'\{"time".*"target":"/j".*\}').group(0)
+    record = json.loads(line)
+    assert (record["method"], record["status"], record["bytes"]) == ("GET", 200, 14)
+
+
+def test_access_log_off_and_log_level(serve):
+    port = free_port()
+    server = serve("apps:hello", "--access-log", "off", "-l", "WARNING",
+                   "--listen", "tcp:%d:interface=127.0.0.1" % port, listen=False, wait=False)
+    server.port = port
+    deadline = time.monotonic() + 10
+    while True:  # nothing below WARNING is logged, "listening on" neither: poll
+        try:
+            assert server.get("/quiet").status == 200
+            break
+        except OSError:
+            assert time.monotonic() < deadline and server.alive(), server.output()
+            time.sleep(0.05)
+    server.stop()
+    out = server.output()
+    assert "/quiet" not in out and "listening" not in out and "served" not in out, out

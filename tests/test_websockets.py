@@ -11,6 +11,9 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
+import ssl
 import struct
 import subprocess
 import tempfile
@@ -18,6 +21,7 @@ import threading
 import time
 
 import pytest
+import twisted
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
@@ -202,8 +206,10 @@ def test_environ_of_the_handshake(server):
             "Cookie": "sid=abc", "X-Test": "t1"}) as ws:
         ws.send("environ")
         env = json.loads(ws.recv(timeout=5))
+    del env["pid"]
     assert env == {"path": "/room/1", "query": "user=ann", "cookie": "sid=abc",
-                   "remote_addr": "127.0.0.1", "header": "t1", "subprotocol": None}
+                   "remote_addr": "127.0.0.1", "header": "t1", "subprotocol": None,
+                   "scheme": "http"}
 
 
 def test_callbacks_run_on_worker_threads(server):
@@ -394,8 +400,7 @@ def test_auto_ping_drops_a_silent_client(serve):
 def test_backpressure_send_waits_then_times_out(serve):
     s = serve("ws_apps:app", "--output-buffer", "64K", "--ws-send-timeout", "1")
     conn = s.connect()
-    conn.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF,
-                         65536)
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     conn.send(handshake())
     assert conn.read_response().status == 101
     with conn:
@@ -413,6 +418,49 @@ def test_backpressure_send_waits_then_times_out(serve):
         assert received < 16 << 20, received
         conn.send(frame(TEXT, b"after"))
         assert read_frame(conn) == (True, TEXT, b"after")
+
+
+def test_server_shutdown_closes_with_1001(serve):
+    s = serve("ws_apps:app", "--grace", "1")
+    with client(s) as ws:
+        ws.send("before")
+        assert ws.recv(timeout=5) == "before"
+        s.signal(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed) as e:
+            ws.recv(timeout=5)
+    assert e.value.rcvd is not None and e.value.rcvd.code == 1001
+    assert s.wait_exit(10) == 0
+
+
+# -- TLS and several processes ------------------------------------------------------------
+
+def test_wss_over_tls(serve):
+    pem = os.path.join(os.path.dirname(twisted.__file__), "test", "server.pem")
+    s = serve("ws_apps:app", "--listen", "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s"
+              % (pem, pem), listen=False)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with ws_connect("wss://127.0.0.1:%d/secure" % s.port, ssl=context, open_timeout=5,
+                    compression=None) as ws:
+        payload = os.urandom(200000)
+        ws.send(payload)
+        assert ws.recv(timeout=5) == payload
+        ws.send("environ")
+        env = json.loads(ws.recv(timeout=5))
+    assert (env["path"], env["scheme"]) == ("/secure", "https")
+
+
+def test_several_processes(serve):
+    s = serve("ws_apps:app", "-p", "2")
+    pids = set()
+    for i in range(8):
+        with client(s, "/p%d" % i) as ws:
+            ws.send("environ")
+            pids.add(json.loads(ws.recv(timeout=5))["pid"])
+            ws.send("echo %d" % i)
+            assert ws.recv(timeout=5) == "echo %d" % i
+    assert s.proc.pid not in pids  # the manager only hands out the socket
 
 
 # -- a real browser -----------------------------------------------------------------------

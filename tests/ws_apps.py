@@ -12,7 +12,7 @@ WebSocket paths (the handshake's PATH_INFO picks the behaviour in on_open):
     anything else       accepted; messages are echoed with their flags, except these
                         text commands:
         "environ"       JSON of the handshake request: path, query, cookie, remote_addr,
-                        header, subprotocol
+                        header (X-Test), subprotocol, scheme, and the server's pid
         "thread"        JSON: the callback's thread name, and whether it is the reactor's
         "raise"         on_message raises: the session is closed with 1011
         "sleep:S"       sleeps S seconds, then replies "slept"
@@ -25,6 +25,7 @@ WebSocket paths (the handshake's PATH_INFO picks the behaviour in on_open):
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -93,6 +94,7 @@ def _message(ws, msg, flags):
             "path": env["PATH_INFO"], "query": env["QUERY_STRING"],
             "cookie": env.get("HTTP_COOKIE"), "remote_addr": env["REMOTE_ADDR"],
             "header": env.get("HTTP_X_TEST"), "subprotocol": ws.subprotocol,
+            "scheme": env["wsgi.url_scheme"], "pid": os.getpid(),
         }))
     elif text and msg == b"thread":
         ws.send(json.dumps({"name": threading.current_thread().name,

@@ -81,7 +81,8 @@ PAGE = """<!DOCTYPE html>
 <script>
 const log = document.getElementById("log");
 function show(line) { log.textContent += line + "\\n"; }
-const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + location.pathname;
+const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+const url = scheme + location.host + location.pathname;
 const ws = new WebSocket(url);
 ws.onopen = () => { show("open"); ws.send(document.getElementById("text").value); };
 ws.onmessage = (event) => show("echo: " + event.data);

@@ -335,13 +335,15 @@ def test_oversized_message_and_frame_close_with_1009(serve):
     ({"Connection": None}, "GET", 400),
     ({"Connection": "keep-alive"}, "GET", 400),
     ({}, "POST", 400),
+    ({}, "GET HTTP/1.0", 400),
     ({"Sec-WebSocket-Version": "8"}, "GET", 426),
     ({"Sec-WebSocket-Version": "14"}, "GET", 426),
 ], ids=["no-key", "bad-key", "no-version", "no-connection", "connection-keep-alive", "post",
-        "version-8", "version-14"])
+        "http-1.0", "version-8", "version-14"])
 def test_invalid_upgrades(server, headers, method, status):
+    method, _, version = method.partition(" ")
     with server.connect() as conn:
-        conn.send(handshake(headers, method=method))
+        conn.send(handshake(headers, method=method, version=version or "HTTP/1.1"))
         r = conn.read_response()
         assert r.status == status, r
         if status == 426:
@@ -461,6 +463,26 @@ def test_several_processes(serve):
             ws.send("echo %d" % i)
             assert ws.recv(timeout=5) == "echo %d" % i
     assert s.proc.pid not in pids  # the manager only hands out the socket
+
+
+def test_settings_from_yaml_environment_and_command_line(tmp_path, monkeypatch):
+    from yimmo_twisted.cli import settings_from
+
+    path = tmp_path / "yimmo.yaml"
+    path.write_text("wsgi:\n  websockets:\n    max_message_size: 1M\n    compression: on\n"
+                    "    origins: [https://a.example, 'https://*.b.example']\n"
+                    "    ping_interval: 0\n")
+    for key in [k for k in os.environ if k.startswith("YIMMO_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("YIMMO_WS_SUBPROTOCOLS", "chat, v2")
+    monkeypatch.setenv("YIMMO_WS_SEND_TIMEOUT", "9")
+    s = settings_from(["-c", str(path), "--ws-send-timeout", "5", "--ws-max-frame-size", "64K",
+                       "apps:hello"])
+    assert (s.ws_max_message_size, s.ws_max_frame_size) == (1 << 20, 64 << 10)
+    assert s.ws_compression is True and s.ws_ping_interval == 0
+    assert s.ws_origins == ["https://a.example", "https://*.b.example"]
+    assert s.ws_subprotocols == ["chat", "v2"] and s.ws_send_timeout == 5
+    assert s.ws_ping_timeout == 20.0  # not given anywhere: the default
 
 
 # -- a real browser -----------------------------------------------------------------------

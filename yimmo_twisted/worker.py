@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from queue import SimpleQueue
-from time import monotonic, time
+from time import monotonic
 from typing import Callable, List, Optional
 
 from twisted.logger import Logger
@@ -164,7 +164,7 @@ class Worker(threading.Thread):
                     context = Context(exchange, emit)
                     context.run(app)
                     if access is not None:
-                        access((context, time()))
+                        access(context)
                 elif exchange.body is not None:
                     exchange.body.release()
             except BaseException:  # the worker outlives anything an app raises

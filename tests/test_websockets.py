@@ -485,6 +485,23 @@ def test_settings_from_yaml_environment_and_command_line(tmp_path, monkeypatch):
     assert s.ws_ping_timeout == 20.0  # not given anywhere: the default
 
 
+def test_reading_pauses_while_callbacks_lag(serve):
+    s = serve("ws_apps:app", "--input-buffer", "64K")
+    conn = raw_open(s)
+    with conn:
+        conn.send(frame(TEXT, b"sleep:1.5"))  # the session's callbacks are busy for 1.5 s
+        block = frame(BINARY, b"z" * 65536)
+        conn.sock.settimeout(0.5)
+        sent = 0
+        with pytest.raises(socket.timeout):
+            while sent < 64 << 20:  # 64 MiB, if the server read it all
+                conn.sock.sendall(block)
+                sent += len(block)
+        # Kernel buffers and input_buffer, not the whole flood, were taken in.
+        assert sent < 16 << 20, sent
+        assert read_frame(conn, timeout=5) == (True, TEXT, b"slept")
+
+
 # -- a real browser -----------------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

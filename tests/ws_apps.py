@@ -111,10 +111,15 @@ def _message(ws, msg, flags):
             for _ in range(n):
                 ws.send(block, yimmo.YMO_WS_FLAG_FIN | yimmo.YMO_WS_OP_BINARY)
         except Exception as e:
-            try:
-                ws.send("flood failed: %s" % type(e).__name__)
-            except Exception:
-                pass
+            report = "flood failed: %s" % type(e).__name__
+            while True:  # this send may time out too, until the client reads again
+                try:
+                    ws.send(report)
+                    break
+                except TimeoutError:
+                    continue
+                except Exception:
+                    break
         else:
             ws.send("flood done")
     elif text and msg == b"close":

@@ -108,10 +108,6 @@ def init_websockets(on_open: Callable, on_message: Callable, on_close: Callable)
     _callbacks = Callbacks(on_open, on_message, on_close)
 
 
-def registered() -> Optional[Callbacks]:
-    return _callbacks
-
-
 class WebSocket:
     """
     One WebSocket session as the application sees it: the ``ws`` of the callbacks.

@@ -376,6 +376,10 @@ def test_subprotocols_origins_and_compression(serve):
     with pytest.raises(InvalidStatus) as e:
         client(s, origin="http://evil.example")
     assert e.value.response.status_code == 400
+    with client(s, "/choose", subprotocols=["chat", "superchat"]) as ws:
+        assert ws.subprotocol == "superchat"  # on_open's choice
+    with client(s, subprotocols=["other"]) as ws:
+        assert ws.subprotocol is None  # none in common: the session opens without one
 
 
 def test_compression_is_off_by_default(server):

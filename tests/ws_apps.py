@@ -9,6 +9,7 @@ WebSocket paths (the handshake's PATH_INFO picks the behaviour in on_open):
     /reject             on_open returns 1: the handshake is refused (403)
     /raise-open         on_open raises (500)
     /greet              on_open sends "hello" before the handshake completes
+    /choose             on_open picks the last subprotocol the client offered
     anything else       accepted; messages are echoed with their flags, except these
                         text commands:
         "environ"       JSON of the handshake request: path, query, cookie, remote_addr,
@@ -75,6 +76,8 @@ def on_open(ws):
         _log["opens"] += 1
     if path == "/greet":
         ws.send("hello")
+    if path == "/choose" and ws.protocols:
+        ws.subprotocol = ws.protocols[-1]  # the app's choice over the setting's
     return 0
 
 

@@ -69,13 +69,17 @@ def _yimmo(port: int, app: str) -> List[str]:
             "--listen", "tcp:%d:interface=%s" % (port, HOST), "benchmarks.apps:" + app]
 
 
-def _gunicorn(port: int, app: str) -> List[str]:
-    return [_script("gunicorn"), "-k", "gthread", "-w", "1", "--threads", "4",
+def _yimmo2(port: int, app: str) -> List[str]:
+    return _yimmo(port, app)[:3] + ["--no-proc", "2"] + _yimmo(port, app)[3:]
+
+
+def _gunicorn(port: int, app: str, workers: int = 1) -> List[str]:
+    return [_script("gunicorn"), "-k", "gthread", "-w", str(workers), "--threads", "4",
             "-b", "%s:%d" % (HOST, port), "benchmarks.apps:" + app]
 
 
-def _granian(port: int, app: str) -> List[str]:
-    return [_script("granian"), "--interface", "wsgi", "--workers", "1",
+def _granian(port: int, app: str, workers: int = 1) -> List[str]:
+    return [_script("granian"), "--interface", "wsgi", "--workers", str(workers),
             "--host", HOST, "--port", str(port), "benchmarks.apps:" + app]
 
 
@@ -96,7 +100,14 @@ SERVERS = {
     "granian": (_granian, "granian", "granian wsgi (1 worker)"),
     "twisted": (_twisted, "Twisted", "twisted.web.wsgi (twist web)"),
     "waitress": (_waitress, "waitress", "waitress (4 threads)"),
+    # Two processes each (not run unless named: --servers yimmo2,gunicorn2,granian2).
+    "yimmo2": (_yimmo2, "yimmo-twisted", "yimmo-wsgi -p 2 (2 processes x 4 threads)"),
+    "gunicorn2": (lambda port, app: _gunicorn(port, app, 2), "gunicorn",
+                  "gunicorn gthread (2 workers, 4 threads)"),
+    "granian2": (lambda port, app: _granian(port, app, 2), "granian",
+                 "granian wsgi (2 workers)"),
 }
+DEFAULT_SERVERS = [name for name in SERVERS if not name.endswith("2")]
 
 
 # --- processes ---------------------------------------------------------------------------
@@ -369,12 +380,15 @@ def print_header(h: Dict[str, object]) -> None:
     sys.stdout.flush()
 
 
-def ratio(yimmo: Optional[Dict[str, object]], row: Dict[str, object]) -> str:
-    if row["server"] == "yimmo":
+def ratio(rows: List[Dict[str, object]], row: Dict[str, object]) -> str:
+    """yimmo's req/s over this row's, yimmo with as many processes (yimmo2 for *2 rows)."""
+    own = "yimmo2" if row["server"].endswith("2") else "yimmo"
+    if row["server"] == own:
         return "—"
+    yimmo = next((r for r in rows if r["server"] == own), None)
     if not (yimmo and yimmo.get("ok") and row.get("ok") and row["rps"]):
         return "n/a"
-    return "yimmo/%s = %.2fx" % (row["server"], yimmo["rps"] / row["rps"])
+    return "%s/%s = %.2fx" % (own, row["server"], yimmo["rps"] / row["rps"])
 
 
 def cell(text: str) -> str:
@@ -382,7 +396,6 @@ def cell(text: str) -> str:
 
 
 def print_table(scenario: str, rows: List[Dict[str, object]]) -> None:
-    yimmo = next((r for r in rows if r["server"] == "yimmo"), None)
     print("### %s: %s" % (scenario, SCENARIOS[scenario][2]))
     print()
     print("| server | req/s | p99 ms | errors | yimmo/peer |")
@@ -392,7 +405,7 @@ def print_table(scenario: str, rows: List[Dict[str, object]]) -> None:
         if row.get("ok"):
             p99 = "%.2f" % row["p99_ms"] if row.get("p99_ms") is not None else "n/a"
             print("| %s | %.0f | %s | %s | %s |" % (label, row["rps"], p99,
-                                                    cell(errors_text(row)), ratio(yimmo, row)))
+                                                    cell(errors_text(row)), ratio(rows, row)))
         else:
             print("| %s | FAILED | — | %s | n/a |" % (label, cell(row.get("error", "?"))))
     print()
@@ -469,9 +482,10 @@ def names(text: str, known: Dict[str, object], what: str) -> List[str]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--servers", default=",".join(SERVERS),
+    p.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
                    type=lambda t: names(t, SERVERS, "server"),
-                   help="comma-separated, from %s (default all)" % ",".join(SERVERS))
+                   help="comma-separated, from %s (default %s)"
+                        % (",".join(SERVERS), ",".join(DEFAULT_SERVERS)))
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    type=lambda t: names(t, SCENARIOS, "scenario"),
                    help="comma-separated, from %s (default all)" % ",".join(SCENARIOS))

@@ -515,18 +515,19 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
                     "(apt-get install chromium chromium-driver; .ci/run does)")
 def test_browser_echo_on_the_demo_page(serve):
     s = serve("examples.demo.app:app")
-    with tempfile.TemporaryDirectory() as profile:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         browser = subprocess.Popen(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
              "--disable-background-networking", "--disable-component-update",
              "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
              "--user-data-dir=" + profile, "--remote-debugging-port=0", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True)  # its own process group: its helpers go with it
         try:
             devtools = _devtools_url(browser)
             text = _page_text(devtools, s.url + "/websocket", "echo: Hello from the browser")
         finally:
-            browser.kill()
+            os.killpg(browser.pid, signal.SIGKILL)
             browser.wait(10)
     assert "open" in text and "echo: Hello from the browser" in text
 

@@ -126,6 +126,35 @@ def test_yimmo_service_keywords_are_the_yaml_keys(monkeypatch, certificate):
         YimmoService(app="apps:hello", bogus=1)
 
 
+def test_every_option_in_both_doors_help():
+    """One table: each setting is an option of yimmo-wsgi and of twistd yimmo."""
+    from yimmo_twisted.cli import parser
+    from yimmo_twisted.tap import Options
+
+    cli_help, twistd_help = parser().format_help(), str(Options())
+    for option in config.OPTIONS:
+        if option.env:
+            assert option.env in cli_help
+        for flag in option.flags:
+            if option.name != "app":  # yimmo-wsgi takes it as its argument
+                assert flag in cli_help, flag
+        if option.flags:
+            assert "--" + option.long in twistd_help, option.long
+    for flag in ("-c", "-l", "-P", "-p", "-t", "-h"):
+        assert flag + "," in cli_help or flag + " " in cli_help, flag
+
+
+def test_yimmo_service_takes_a_callable(monkeypatch):
+    from yimmo_twisted import YimmoService
+
+    import apps
+    monkeypatch.delenv("YIMMO_WSGI_MODULE", raising=False)
+    service = YimmoService(app=apps.hello, listen=LOCAL)
+    assert service.child.app is apps.hello and service.settings.app_spec == "apps:hello"
+    with pytest.raises(ConfigError, match="no_proc > 1 needs the application as MODULE:APP"):
+        YimmoService(app=apps.hello, no_proc=2)
+
+
 @pytest.mark.parametrize("args, env, yaml_text, message", [
     (["-P", "abc"], {}, None, "invalid port 'abc' (option -P/--port): expected a whole number"),
     ([], {"YIMMO_WSGI_PORT": "abc"}, None,
@@ -245,6 +274,29 @@ def test_twistd_runs_the_manager(venv):
     finally:
         assert server.stop() in (0, -15)
     assert "server process 1 ready" in server.output()
+
+
+def test_twistd_log_level_filters_yimmo_events(venv):
+    port = free_port()
+    server = ServerProcess(_twistd(venv) + ["-n", "--pidfile=", "yimmo", "--app", "apps:hello",
+                                            "--listen", "tcp:%d:interface=127.0.0.1" % port,
+                                            "--log-level", "WARNING"], _env(None))
+    try:
+        server.wait_for_output("Server Shut Down|starting up|reactor class", timeout=15)
+        server.port = port
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert server.get("/").status == 200
+                break
+            except OSError:
+                assert time.monotonic() < deadline, server.output()
+                time.sleep(0.05)
+    finally:
+        server.stop()
+    out = server.output()
+    assert "[yimmo." not in out, out  # info lines of yimmo: filtered
+    assert '"GET / HTTP/1.1" 200' in out  # the access log is its own setting
 
 
 @pytest.mark.parametrize("no_proc", ["1", "2"])

@@ -42,7 +42,7 @@ def logger(namespace: str) -> Logger:
 
 
 def set_level(level: str) -> None:
-    _predicate.defaultLogLevel = TWISTED_LEVELS[level]
+    _predicate.setLogLevelForNamespace("", TWISTED_LEVELS[level])
 
 
 def start_logging(level: str, stream: TextIO = sys.stdout) -> None:

@@ -124,7 +124,6 @@ class Manager(service.Service):
         self.failures = 0
         self.stopping = False
         self.reloading = False
-        self.restarts = 0
 
     # -- start ---------------------------------------------------------------------
 
@@ -186,7 +185,6 @@ class Manager(service.Service):
                                                       ": " + proc.error if proc.error else ""))
         log.warn("server process {slot} (pid {pid}) died ({how}); starting another",
                  slot=proc.slot, pid=proc.pid, how=how)
-        self.restarts += 1
         self._spawn(proc.slot)
 
     def _give_up(self, why: str) -> None:
@@ -199,7 +197,8 @@ class Manager(service.Service):
 
     @defer.inlineCallbacks
     def reload(self):
-        """Replace the server processes one at a time; each old one drains once its successor is ready."""
+        """Replace the server processes one at a time: each old one drains once its
+        successor is ready, so some process always accepts."""
         if self.reloading or self.stopping:
             return
         self.reloading = True

@@ -38,7 +38,7 @@ DRAIN_IDLE = 0.25
 
 
 def split_endpoint(description: str) -> Tuple[bool, str]:
-    """(speaks the PROXY protocol, the endpoint beneath): ``haproxy:tcp:80`` -> (True, ``tcp:80``)."""
+    """(PROXY protocol?, the endpoint beneath): ``haproxy:tcp:80`` -> (True, ``tcp:80``)."""
     if description.startswith(PROXY_PREFIX):
         return True, description[len(PROXY_PREFIX):]
     return False, description

@@ -16,7 +16,9 @@ from twisted.internet import defer
 
 from .config import ConfigError, Settings, build
 from .logs import banner, logger, set_level
+from .proc import Manager
 from .server import Server, describe
+from .util import load_app
 
 log = logger("yimmo.service")
 
@@ -48,17 +50,19 @@ class YimmoService(service.MultiService):
                 shaped["wsgi"] = wsgi
             settings = build({}, lambda o: "", os.environ, shaped, "keywords of YimmoService",
                              need_app=callable_app is None)
+        if callable_app is not None and not settings.app_spec:
+            # For the banner: the callable's name, as MODULE:APP would give it.
+            settings.app = "%s:%s" % (getattr(callable_app, "__module__", "?"),
+                                      getattr(callable_app, "__qualname__", "app"))
         self.settings = settings
         self.exit_code = 0
         set_level(settings.log_level)
         if settings.no_proc > 1:
-            from .proc import Manager
             if callable_app is not None:
                 raise ConfigError("no_proc > 1 needs the application as MODULE:APP "
                                   "(each server process imports it)")
             self.child = Manager(settings, self._fatal, reactor)
         else:
-            from .util import load_app
             self.child = Server(callable_app or load_app(settings.app_spec), settings, reactor)
         self.child.setServiceParent(self)
 

@@ -506,6 +506,39 @@ def test_reading_pauses_while_callbacks_lag(serve):
         assert read_frame(conn, timeout=5) == (True, TEXT, b"slept")
 
 
+def test_yimmo_module_has_the_api_and_nothing_else():
+    import sys
+
+    from yimmo_twisted import yimmo_module
+
+    module = yimmo_module.install()
+    assert sys.modules["yimmo"] is module is yimmo_module.install()  # once
+    public = {k for k in vars(module) if not k.startswith("_")}
+    assert public == set(yimmo_module.API)
+    assert (module.YMO_WS_FLAG_FIN, module.YMO_WS_FLAG_RSV1, module.YMO_WS_FLAG_RSV2,
+            module.YMO_WS_FLAG_RSV3) == (0x80, 0x40, 0x20, 0x10)
+    assert (module.YMO_WS_OP_CONTINUATION, module.YMO_WS_OP_TEXT, module.YMO_WS_OP_BINARY,
+            module.YMO_WS_OP_CLOSE, module.YMO_WS_OP_PING, module.YMO_WS_OP_PONG) == (
+        0x0, 0x1, 0x2, 0x8, 0x9, 0xA)
+    with pytest.raises(TypeError):
+        module.init_websockets(None, print, print)
+
+
+def test_request_head_and_origin_patterns():
+    from yimmo_twisted.websockets import origin_patterns, request_head
+
+    head = request_head({"REQUEST_METHOD": "GET", "RAW_URI": "/a?b=1",
+                         "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "h",
+                         "HTTP_SEC_WEBSOCKET_KEY": KEY, "CONTENT_LENGTH": "0",
+                         "PATH_INFO": "/a", "wsgi.url_scheme": "http"})
+    assert head == ("GET /a?b=1 HTTP/1.1\r\nHOST: h\r\nSEC-WEBSOCKET-KEY: %s\r\n"
+                    "CONTENT-LENGTH: 0\r\n\r\n" % KEY).encode()
+    assert origin_patterns(["*", "https://a.example", "http://b.example:8080",
+                            "https://*.c.example", "http://d.example*"]) == [
+        "*", "https://a.example:443", "http://b.example:8080", "https://*.c.example:443",
+        "http://d.example*"]
+
+
 # -- a real browser -----------------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -174,6 +174,22 @@ def test_order_of_1000_messages(server):
     assert ws_log(server)["overlap"] == 0  # never two callbacks of one session at once
 
 
+def test_send_from_the_apps_own_threads(server):
+    with client(server) as ws:
+        ws.send("threads:500")
+        got = []
+        while True:
+            message = ws.recv(timeout=10)
+            if message == "threads done":
+                break
+            got.append(message)
+    by_thread = {}
+    for message in got:
+        i, j = message[1:].split(":")
+        by_thread.setdefault(i, []).append(int(j))
+    assert by_thread == {str(i): list(range(500)) for i in range(4)}
+
+
 def test_one_mib_message(server):
     payload = os.urandom(1 << 20)
     with client(server, max_size=2 << 20) as ws:

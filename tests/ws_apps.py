@@ -19,6 +19,8 @@ WebSocket paths (the handshake's PATH_INFO picks the behaviour in on_open):
         "sleep:S"       sleeps S seconds, then replies "slept"
         "flood:N:SIZE"  sends N binary messages of SIZE bytes, then the text
                         "flood done" or "flood failed: <error>" (for backpressure)
+        "threads:N"     4 threads of the app's own each send N messages "t<i>:<j>" at
+                        once, then "threads done"
         "close"         closes the session with 1000 from the callback
         "fragments"     sends "frag" "ment" "ed" as one fragmented text message
 """
@@ -125,6 +127,19 @@ def _message(ws, msg, flags):
                     break
         else:
             ws.send("flood done")
+    elif text and msg.startswith(b"threads:"):
+        n = int(msg[8:])
+
+        def sender(i):
+            for j in range(n):
+                ws.send("t%d:%d" % (i, j))
+
+        threads = [threading.Thread(target=sender, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ws.send("threads done")
     elif text and msg == b"close":
         ws.close()
     elif text and msg == b"fragments":

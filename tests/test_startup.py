@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -20,6 +22,7 @@ import pytest
 
 import rawhttp
 from conftest import ROOT, ServerProcess, _env
+from test_proc import wait_gone
 from yimmo_twisted import config
 from yimmo_twisted.cli import settings_from
 from yimmo_twisted.config import ConfigError
@@ -271,9 +274,13 @@ def test_twistd_runs_the_manager(venv):
                                r"server process 1 ready[\s\S]*server process 0 ready")
         answers = {server.get("/").body.split()[0] for _ in range(40)}
         assert len(answers) == 2
+        server.signal(signal.SIGHUP)  # reload, as under yimmo-wsgi
+        server.wait_for_output("reload done", timeout=20)
+        assert server.get("/").status == 200
     finally:
         assert server.stop() in (0, -15)
-    assert "server process 1 ready" in server.output()
+    children = [int(p) for p in re.findall(r"ready \(pid (\d+)\)", server.output())]
+    assert len(children) == 4 and wait_gone(children, 5)
 
 
 def test_twistd_log_level_filters_yimmo_events(venv):

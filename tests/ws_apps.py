@@ -3,7 +3,8 @@ A WSGI app with WebSocket callbacks for tests/test_websockets.py (``ws_apps:app`
 
 HTTP routes:
     /                   "hello"
-    /ws-log             JSON: callbacks seen so far (opens, closes, on_message threads...)
+    /ws-log             JSON: close_paths (PATH_INFO of each session whose on_close ran)
+                        and overlap (times two callbacks of one session ran at once)
 
 WebSocket paths (the handshake's PATH_INFO picks the behaviour in on_open):
     /reject             on_open returns 1: the handshake is refused (403)
@@ -40,7 +41,7 @@ except ImportError:  # pragma: no cover - run only under the server
     yimmo = None
 
 _lock = threading.Lock()
-_log = {"opens": 0, "closes": 0, "close_paths": [], "overlap": 0, "active": {}}
+_log = {"close_paths": [], "overlap": 0, "active": {}}
 
 
 def app(environ, start_response):
@@ -74,8 +75,6 @@ def on_open(ws):
         return 1
     if path == "/raise-open":
         raise RuntimeError("on_open fails on purpose")
-    with _lock:
-        _log["opens"] += 1
     if path == "/greet":
         ws.send("hello")
     if path == "/choose" and ws.protocols:
@@ -152,7 +151,6 @@ def _message(ws, msg, flags):
 
 def on_close(ws):
     with _lock:
-        _log["closes"] += 1
         _log["close_paths"].append(ws.environ["PATH_INFO"])
         _log["active"].pop(id(ws), None)
 

@@ -321,17 +321,23 @@ def test_twistd_bad_setting_is_one_usage_error(venv):
     assert "invalid port 'abc' (option --port): expected a whole number" in server.output()
 
 
-def test_tac_file(venv, tmp_path):
+@pytest.mark.parametrize("no_proc", [1, 2])
+def test_tac_file(venv, tmp_path, no_proc):
+    """A .tac file that puts its own folder on sys.path for its app, as examples/app.tac."""
+    (tmp_path / "tacapp.py").write_text("from proc_apps import pid as app\n")
     tac = tmp_path / "app.tac"
     tac.write_text(textwrap.dedent("""\
+        import sys
         from twisted.application import service
         from yimmo_twisted import YimmoService
+        sys.path.insert(0, %r)
         application = service.Application("myapp")
-        YimmoService(app="proc_apps:pid", listen="%s", no_threads=2).setServiceParent(application)
-        """ % LOCAL))
+        YimmoService(app="tacapp:app", listen="%s", no_threads=2,
+                     no_proc=%d).setServiceParent(application)
+        """ % (str(tmp_path), LOCAL, no_proc)))
     server = _door(_twistd(venv) + ["-n", "--pidfile=", "-y", str(tac)])
     try:
-        assert server.get("/").status == 200
+        assert server.get("/").body.split()[1] == str(no_proc == 2).encode()
     finally:
         assert server.stop() in (0, -15)
 

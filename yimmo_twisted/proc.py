@@ -150,8 +150,10 @@ class Manager(service.Service):
         for i, (fd, family, description) in enumerate(self.sockets):
             fds[FIRST_SOCKET_FD + i] = fd
             adopted.append((FIRST_SOCKET_FD + i, family, description))
+        # The manager's sys.path goes along: a .tac file or a wrapper script may have
+        # extended it for the app, and each server process imports the app itself.
         spec = json.dumps({"settings": self.settings.to_dict(), "adopted": adopted,
-                           "slot": slot})
+                           "slot": slot, "path": sys.path})
         proc.pid = self.reactor.spawnProcess(
             proc, sys.executable, [sys.executable, "-m", "yimmo_twisted.proc", spec],
             env=dict(os.environ), childFDs=fds).pid
@@ -281,6 +283,7 @@ def server_process_main(argv: List[str]) -> None:
     settings = Settings.from_dict(spec["settings"])
     adopted = [tuple(a) for a in spec["adopted"]]
     set_level(settings.log_level)
+    sys.path[:] = spec["path"]
     from .util import AppError, load_app
     try:
         app = load_app(settings.app_spec)

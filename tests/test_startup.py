@@ -306,6 +306,35 @@ def test_twistd_log_level_filters_yimmo_events(venv):
     assert '"GET / HTTP/1.1" 200' in out  # the access log is its own setting
 
 
+def test_twistd_daemon_logs_server_processes(venv, tmp_path):
+    """Daemonized, stdout is /dev/null: the server processes' lines reach twistd's log."""
+    log, pidfile, port = tmp_path / "twistd.log", tmp_path / "twistd.pid", free_port()
+    subprocess.run(_twistd(venv) + ["--pidfile", str(pidfile), "--logfile", str(log), "yimmo",
+                                    "--app", "proc_apps:pid", "-p", "2", "--listen",
+                                    "tcp:%d:interface=127.0.0.1" % port],
+                   env=_env(None), cwd=ROOT, check=True, timeout=30)
+    manager = None
+    try:
+        deadline = time.monotonic() + 15
+        while "server process 1 ready" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
+            time.sleep(0.05)
+        manager = int(pidfile.read_text())
+        assert rawhttp.get(port, "/logged").status == 200
+        wait_for = time.monotonic() + 5
+        while '"GET /logged HTTP/1.1" 200' not in log.read_text():
+            assert time.monotonic() < wait_for, log.read_text()
+            time.sleep(0.05)
+        assert "[yimmo.process.1#info] - [yimmo.server#info] listening on" in log.read_text()
+    finally:
+        if manager is None and pidfile.exists():
+            manager = int(pidfile.read_text())
+        if manager is not None:
+            os.kill(manager, signal.SIGTERM)
+    children = [int(p) for p in re.findall(r"ready \(pid (\d+)\)", log.read_text())]
+    assert wait_gone([manager] + children, 10)
+
+
 @pytest.mark.parametrize("no_proc", ["1", "2"])
 def test_twistd_app_import_error(venv, no_proc):
     server = ServerProcess(_twistd(venv) + ["-n", "--pidfile=", "yimmo", "--app", "nosuch:app",

@@ -45,11 +45,13 @@ def set_level(level: str) -> None:
     _predicate.setLogLevelForNamespace("", TWISTED_LEVELS[level])
 
 
-def start_logging(level: str, stream: TextIO = sys.stdout) -> None:
-    """yimmo-wsgi: every event (Twisted's too) at ``level`` and above, as text on ``stream``."""
+def start_logging(level: str, stream: TextIO = sys.stdout, timestamps: bool = True) -> None:
+    """yimmo-wsgi: every event (Twisted's too) at ``level`` and above, as text on ``stream``
+    (without a time when the lines go to a log that adds one: ``timestamps=False``)."""
     set_level(level)
     predicate = LogLevelFilterPredicate(defaultLogLevel=TWISTED_LEVELS[level])
-    observer = FilteringLogObserver(textFileLogObserver(stream), [predicate])
+    text = textFileLogObserver(stream, **({} if timestamps else {"timeFormat": None}))
+    observer = FilteringLogObserver(text, [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 

@@ -34,6 +34,7 @@ from twisted.internet import defer, endpoints
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.logger import LoggingFile, LogLevel
 from zope.interface import implementer
 
 from .config import Settings
@@ -64,10 +65,13 @@ class ServerProcess(ProcessProtocol):
         self.retired = False  # asked to stop: its end is expected
         self.error = ""
         self._control = b""
+        self._output: Dict[int, bytes] = {}
+        self._log = logger("yimmo.process.%d" % slot)
         self.ended = defer.Deferred()
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         if fd != CONTROL_FD:
+            self._relay(fd, data)
             return
         self._control += data
         while b"\n" in self._control:
@@ -78,6 +82,17 @@ class ServerProcess(ProcessProtocol):
                 self.ready.callback(self)
             elif text.startswith("error: "):
                 self.error = text[len("error: "):]
+
+    def _relay(self, fd: int, data: bytes, end: bool = False) -> None:
+        """The process's output, when it goes to the manager's log (see Manager.relay)."""
+        pending = self._output.get(fd, b"") + data
+        *lines, rest = pending.split(b"\n")
+        if end and rest:
+            lines, rest = lines + [rest], b""
+        self._output[fd] = rest
+        level = LogLevel.info if fd == 1 else LogLevel.warn
+        for line in lines:
+            self._log.emit(level, "{line}", line=line.decode("utf-8", "replace"))
 
     def signal(self, name: str) -> None:
         try:
@@ -93,6 +108,8 @@ class ServerProcess(ProcessProtocol):
     def processEnded(self, reason) -> None:
         code = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
+        for fd in list(self._output):
+            self._relay(fd, b"", end=True)
         if not self.ready.called:
             self.ready.errback(RuntimeError(self.error or "exited at start-up"))
         self.manager._ended(self, code, sig)
@@ -124,12 +141,16 @@ class Manager(service.Service):
         self.failures = 0
         self.stopping = False
         self.reloading = False
+        self.relay = False
 
     # -- start ---------------------------------------------------------------------
 
     @defer.inlineCallbacks
     def startService(self):
         service.Service.startService(self)
+        # Under twistd, stdout is the log (and /dev/null underneath once daemonized): the
+        # server processes' output then comes through the manager into that log.
+        self.relay = isinstance(sys.stdout, LoggingFile)
         for description in self.settings.endpoints():
             endpoint = endpoints.serverFromString(self.reactor, split_endpoint(description)[1])
             port = yield endpoint.listen(_Listening())
@@ -145,7 +166,8 @@ class Manager(service.Service):
 
     def _spawn(self, slot: int) -> ServerProcess:
         proc = ServerProcess(self, slot)
-        fds = {0: "w", 1: 1, 2: 2, CONTROL_FD: "r"}
+        out = "r" if self.relay else None
+        fds = {0: "w", 1: out or 1, 2: out or 2, CONTROL_FD: "r"}
         adopted = []
         for i, (fd, family, description) in enumerate(self.sockets):
             fds[FIRST_SOCKET_FD + i] = fd
@@ -153,7 +175,7 @@ class Manager(service.Service):
         # The manager's sys.path goes along: a .tac file or a wrapper script may have
         # extended it for the app, and each server process imports the app itself.
         spec = json.dumps({"settings": self.settings.to_dict(), "adopted": adopted,
-                           "slot": slot, "path": sys.path})
+                           "slot": slot, "path": sys.path, "relay": self.relay})
         proc.pid = self.reactor.spawnProcess(
             proc, sys.executable, [sys.executable, "-m", "yimmo_twisted.proc", spec],
             env=dict(os.environ), childFDs=fds).pid
@@ -222,6 +244,7 @@ class Manager(service.Service):
             log.info("reload done")
         finally:
             self.reloading = False
+        self.relay = False
 
     # -- stop ----------------------------------------------------------------------
 
@@ -296,7 +319,7 @@ def server_process_main(argv: List[str]) -> None:
 
     from .server import Server
 
-    start_logging(settings.log_level)
+    start_logging(settings.log_level, timestamps=not spec["relay"])
     server = Server(app, settings, reactor, multiprocess=True, adopted=adopted)
     control = _Control(reactor)
 

@@ -178,6 +178,26 @@ def test_grace_period_bounds_the_drain(serve):
     assert wait_gone(children, 5)
 
 
+@pytest.mark.parametrize("no_proc", ["1", "2"])
+def test_second_sigterm_stops_at_once(serve, no_proc):
+    server = serve("proc_apps:slow", "-p", no_proc)
+    children = pids_of(server, 2) if no_proc == "2" else []
+    client = threading.Thread(target=lambda: pytest.raises(
+        (OSError, AssertionError), server.get, "/?s=30", timeout=10))
+    client.start()
+    time.sleep(0.4)
+    server.signal(signal.SIGTERM)  # drain: the request may take the 30 s grace period
+    server.wait_for_output("Received SIGTERM")
+    time.sleep(0.3)
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(10) == 0
+    assert time.monotonic() - started < 3
+    assert "stopping now" in server.output()
+    client.join(10)
+    assert wait_gone(children, 5)
+
+
 def test_killed_manager_leaves_no_server_process(serve):
     server = serve("proc_apps:pid", "-p", "2")
     children = pids_of(server)

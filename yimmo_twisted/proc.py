@@ -39,7 +39,7 @@ from zope.interface import implementer
 
 from .config import Settings
 from .logs import banner, logger, set_level, start_logging
-from .server import describe, split_endpoint
+from .server import describe, on_second_signal, split_endpoint
 
 log = logger("yimmo.proc")
 
@@ -258,10 +258,18 @@ class Manager(service.Service):
             proc.retire()
         if not procs:
             return defer.succeed(None)
+        on_second_signal(self.reactor, lambda: self._hurry(procs),
+                         (signal.SIGTERM, signal.SIGINT))
         kill = self.reactor.callLater(self.settings.grace + KILL_MARGIN, self._kill, procs)
         done = defer.DeferredList([p.ended for p in procs])
         done.addCallback(lambda _: kill.cancel() if kill.active() else None)
         return done
+
+    def _hurry(self, procs: List[ServerProcess]) -> None:
+        log.warn("stopping now: server processes cut their requests in flight")
+        for proc in procs:
+            if not proc.ended.called:
+                proc.signal("TERM")  # their second: they stop draining
 
     def _kill(self, procs: List[ServerProcess]) -> None:
         for proc in procs:

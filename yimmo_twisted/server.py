@@ -7,6 +7,7 @@ in each server process of the manager, see proc.py).
 
 from __future__ import annotations
 
+import signal
 from time import monotonic
 from typing import Callable, List, Optional, Set, Tuple
 
@@ -149,6 +150,7 @@ class Server(service.Service):
             "wsgi.file_wrapper": FileWrapper,
         }
         self._sweep: Optional[LoopingCall] = None
+        self._deadline = 0.0  # of the drain, once stopping
 
     def _factory(self, description: str) -> Factory:
         base = dict(self.base_environ, **{"wsgi.url_scheme": url_scheme(description)})
@@ -203,29 +205,37 @@ class Server(service.Service):
         yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
         self.ports = []
         self.websockets.stop()
-        deadline = monotonic() + self.settings.grace
-        yield self._drain(deadline)
+        self._deadline = monotonic() + self.settings.grace
+        on_second_signal(self.reactor, self.hurry,
+                         (signal.SIGTERM,) if self.base_environ["wsgi.multiprocess"]
+                         else (signal.SIGTERM, signal.SIGINT))
+        yield self._drain()
         if self._sweep is not None and self._sweep.running:
             self._sweep.stop()
         for session in list(self.sessions):
             session.abort()
         self.pool.uninstall()
         # Workers still in the app past the grace period are not waited for (daemons).
-        self.pool.stop(max(0.1, deadline - monotonic()))
+        self.pool.stop(max(0.1, self._deadline - monotonic()))
         if self.access is not None:
             self.access.stop()
         log.info("served {requests} requests; thread hand-overs: {worker_wakeups} worker "
                  "wake-ups, {reactor_wakeups} reactor wake-ups, {hops_per_request:.2f} "
                  "per request", **self.pool.hops())
 
+    def hurry(self) -> None:
+        """End the drain now (a second SIGTERM or SIGINT)."""
+        log.warn("stopping now: requests in flight are cut")
+        self._deadline = 0.0
+
     @defer.inlineCallbacks
-    def _drain(self, deadline: float):
-        """Until ``deadline``: close connections as they fall idle, wait for the others."""
+    def _drain(self):
+        """Until the deadline: close connections as they fall idle, wait for the others."""
         idle_timeout = self.settings.idle_timeout
         while self.sessions:
             now = monotonic()
-            if now >= deadline:
-                log.warn("grace period over: closing {n} connection(s) with requests in "
+            if now >= self._deadline:
+                log.warn("drain over: closing {n} connection(s) with requests in "
                          "flight", n=len(self.sessions))
                 return
             for session in list(self.sessions):
@@ -234,6 +244,18 @@ class Server(service.Service):
                         and now - (session.deadline - idle_timeout) >= DRAIN_IDLE):
                     session.transport.loseConnection()
             yield task.deferLater(self.reactor, 0.05, lambda: None)
+
+
+def on_second_signal(reactor, hurry: Callable[[], None], signals: Tuple[int, ...]) -> None:
+    """
+    While stopping: the first SIGTERM/SIGINT started a graceful drain; another one calls
+    ``hurry`` (instead of Twisted's handler, which can only fail: the reactor is stopping).
+    """
+    try:
+        for sig in signals:
+            signal.signal(sig, lambda *_: reactor.callFromThread(hurry))
+    except ValueError:
+        pass  # not the main thread: the signals are not ours to take
 
 
 def describe(port) -> str:

@@ -10,6 +10,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -198,10 +199,15 @@ def venv(tmp_path_factory):
     env = _clean_env()
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
                     str(where)], check=True, env=env, timeout=60)
+    # Built from a copy: pip builds in the source tree, and two test runs at once must not
+    # share one build/ folder.
+    source = where / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "*.egg-info", "__pycache__", "tests", "benchmarks", ".venv"))
     # This Python's pip installs into the venv; building without isolation uses the
     # setuptools and wheel installed here (the test extra): no index is needed.
     pip = [sys.executable, "-m", "pip", "--python", str(where / "bin" / "python"), "install",
-           "-q", "--no-deps", "--no-build-isolation", "--no-index", ROOT]
+           "-q", "--no-deps", "--no-build-isolation", "--no-index", str(source)]
     subprocess.run(pip, check=True, env=env, cwd=str(where), timeout=120,
                    stdout=subprocess.DEVNULL)
     return where

@@ -31,8 +31,6 @@ from queue import SimpleQueue
 from time import monotonic
 from typing import Callable, List, Optional
 
-from twisted.logger import Logger
-
 from .context import Context
 from .exchange import MORE, Exchange
 from .logs import logger

@@ -57,6 +57,9 @@ class YimmoService(service.MultiService):
         self.settings = settings
         self.exit_code = 0
         set_level(settings.log_level)
+        if settings.tls and settings.listen:
+            log.warn("tls_cert and tls_key apply to the port setting only; with listen, "
+                     "write ssl: endpoints (ssl:8443:privateKey=KEY:certKey=CERT)")
         if settings.no_proc > 1:
             if callable_app is not None:
                 raise ConfigError("no_proc > 1 needs the application as MODULE:APP "

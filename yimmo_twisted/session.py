@@ -33,6 +33,7 @@ from twisted.internet import tcp
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .exchange import (
@@ -305,7 +306,7 @@ class HTTPSession(Protocol):
             if isinstance(error, HTTPError):
                 self._refuse(error.status, error.reason)
             else:
-                log.failure("error parsing a request", error)
+                log.failure("error parsing a request", Failure(error))
                 self._refuse(500, "")
         except HttpParserInvalidMethodError:
             # A token that llhttp does not know is a method we do not implement; anything

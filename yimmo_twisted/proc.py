@@ -39,7 +39,7 @@ from zope.interface import implementer
 
 from .config import Settings
 from .logs import banner, logger, set_level, start_logging
-from .server import describe, on_second_signal, split_endpoint
+from .server import describe, split_endpoint, take_stop_signals
 
 log = logger("yimmo.proc")
 
@@ -148,6 +148,8 @@ class Manager(service.Service):
     @defer.inlineCallbacks
     def startService(self):
         service.Service.startService(self)
+        take_stop_signals(self.reactor, lambda: self._hurry(self._live()),
+                          (signal.SIGTERM, signal.SIGINT))
         # Under twistd, stdout is the log (and /dev/null underneath once daemonized): the
         # server processes' output then comes through the manager into that log.
         self.relay = isinstance(sys.stdout, LoggingFile)
@@ -253,17 +255,18 @@ class Manager(service.Service):
         self.stopping = True
         for port in self.ports:
             port.stopListening()  # the processes still hold the sockets while they drain
-        procs = list(self.procs.values()) + self.retiring
+        procs = self._live()
         for proc in procs:
             proc.retire()
         if not procs:
             return defer.succeed(None)
-        on_second_signal(self.reactor, lambda: self._hurry(procs),
-                         (signal.SIGTERM, signal.SIGINT))
         kill = self.reactor.callLater(self.settings.grace + KILL_MARGIN, self._kill, procs)
         done = defer.DeferredList([p.ended for p in procs])
         done.addCallback(lambda _: kill.cancel() if kill.active() else None)
         return done
+
+    def _live(self) -> List[ServerProcess]:
+        return list(self.procs.values()) + self.retiring
 
     def _hurry(self, procs: List[ServerProcess]) -> None:
         log.warn("stopping now: server processes cut their requests in flight")

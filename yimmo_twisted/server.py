@@ -12,7 +12,8 @@ from time import monotonic
 from typing import Callable, List, Optional, Set, Tuple
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, endpoints, task, tcp
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 # Twisted exports only proxyEndpoint; the session needs the wrapper itself (see below).
@@ -47,6 +48,27 @@ def split_endpoint(description: str) -> Tuple[bool, str]:
 
 def url_scheme(description: str) -> str:
     return "https" if split_endpoint(description)[1].startswith("ssl:") else "http"
+
+
+class _OneAcceptPerWakeUp:
+    """
+    For a listening socket that the other server processes accept on too.  Twisted
+    accepts up to ``numberAccepts`` connections per wake-up and raises it under load, so
+    one process would take a whole burst (wrk's 50 connections, a browser's 6) while the
+    other sleeps; one accept per wake-up lets every woken process take its share.
+    """
+
+    numberAccepts = property(lambda self: 1, lambda self, value: None)
+
+
+_shared_classes: dict = {}
+
+
+def _shared(cls: type) -> type:
+    """``cls`` (a Twisted port class) with one accept per wake-up."""
+    if cls not in _shared_classes:
+        _shared_classes[cls] = type("Shared" + cls.__name__, (_OneAcceptPerWakeUp, cls), {})
+    return _shared_classes[cls]
 
 
 class SessionFactory(Factory):
@@ -169,14 +191,21 @@ class Server(service.Service):
     @defer.inlineCallbacks
     def startService(self):
         service.Service.startService(self)
+        # A server process stops on the manager's SIGTERM; SIGINT (a terminal's ^C to the
+        # process group) is the manager's to handle.
+        take_stop_signals(self.reactor, self.hurry,
+                          (signal.SIGTERM,) if self.base_environ["wsgi.multiprocess"]
+                          else (signal.SIGTERM, signal.SIGINT))
         self.pool.start()
         self.pool.install(self.reactor)
         if self.access is not None:
             self.access.start()
         if self.adopted is not None:
             for fd, family, description in self.adopted:
-                self.ports.append(self.reactor.adoptStreamPort(fd, family,
-                                                               self._factory(description)))
+                port = self.reactor.adoptStreamPort(fd, family, self._factory(description))
+                if isinstance(port, tcp.Port):  # TCP and Unix ports alike
+                    port.__class__ = _shared(type(port))
+                self.ports.append(port)
         else:
             for description in self.settings.endpoints():
                 endpoint = endpoints.serverFromString(self.reactor,
@@ -206,9 +235,6 @@ class Server(service.Service):
         self.ports = []
         self.websockets.stop()
         self._deadline = monotonic() + self.settings.grace
-        on_second_signal(self.reactor, self.hurry,
-                         (signal.SIGTERM,) if self.base_environ["wsgi.multiprocess"]
-                         else (signal.SIGTERM, signal.SIGINT))
         yield self._drain()
         if self._sweep is not None and self._sweep.running:
             self._sweep.stop()
@@ -246,16 +272,43 @@ class Server(service.Service):
             yield task.deferLater(self.reactor, 0.05, lambda: None)
 
 
-def on_second_signal(reactor, hurry: Callable[[], None], signals: Tuple[int, ...]) -> None:
+SIGNAL_DEBOUNCE = 1.0  # seconds: stop signals this close to the first are the same one
+
+
+def take_stop_signals(reactor, hurry: Callable[[], None], signals: Tuple[int, ...]) -> None:
     """
-    While stopping: the first SIGTERM/SIGINT started a graceful drain; another one calls
-    ``hurry`` (instead of Twisted's handler, which can only fail: the reactor is stopping).
+    SIGTERM/SIGINT, in place of Twisted's handlers: the first stops the reactor (a
+    graceful drain, see stopService); a later one calls ``hurry``.  Signals within
+    SIGNAL_DEBOUNCE of the first count as the first: a server process gets its TERM twice
+    when the whole process group (or cgroup) is signalled and the manager forwards it,
+    and that must not cut the drain; nor may a repeated stop fail in Twisted.
+    Installed once the reactor runs, after Twisted's own handlers.
     """
-    try:
-        for sig in signals:
-            signal.signal(sig, lambda *_: reactor.callFromThread(hurry))
-    except ValueError:
-        pass  # not the main thread: the signals are not ours to take
+    first: List[float] = []
+
+    def stop() -> None:
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+    def handler(signum, frame) -> None:
+        now = monotonic()
+        if not first:
+            first.append(now)
+            log.info("received {name}: stopping", name=signal.Signals(signum).name)
+            reactor.callFromThread(stop)
+        elif now - first[0] >= SIGNAL_DEBOUNCE:
+            reactor.callFromThread(hurry)
+
+    def install() -> None:
+        try:
+            for sig in signals:
+                signal.signal(sig, handler)
+        except ValueError:
+            pass  # not the main thread: the signals are not ours to take
+
+    reactor.callWhenRunning(install)
 
 
 def describe(port) -> str:

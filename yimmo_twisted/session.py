@@ -18,7 +18,6 @@ processed, and the connection closes.
 from __future__ import annotations
 
 import re
-import threading
 from collections import deque
 from functools import partial
 from time import monotonic
@@ -31,7 +30,7 @@ from httptools import (
 )
 from twisted.internet import tcp
 from twisted.internet.address import UNIXAddress
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -41,6 +40,7 @@ from .exchange import (
     error_response,
 )
 from .logs import logger
+from .worker import Channel
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import Server
@@ -151,9 +151,9 @@ def writer(transport) -> Callable[[bytes], None]:
     return transport.write
 
 
-@implementer(IPushProducer, IHalfCloseableProtocol)
-class HTTPSession(Protocol):
-    """One connection.  Also the push producer its transport pauses when the client is slow."""
+@implementer(IHalfCloseableProtocol)
+class HTTPSession(Protocol, Channel):
+    """One connection; its Channel is where the worker running its exchange writes."""
 
     def __init__(self, server: "Server", base_environ: Optional[dict] = None) -> None:
         self.server = server
@@ -162,12 +162,7 @@ class HTTPSession(Protocol):
         self.settings = server.settings
         self._parser = HttpRequestParser(self)
         # Output, shared with the worker writing this session's response.
-        self.gone = False  # no more output will be delivered
-        self.paused = False  # the transport's buffer is full
-        self.produced = 0  # bytes handed off by workers (written by workers only)
-        self.consumed = 0  # bytes written to the transport (written by the reactor only)
-        self.writer_waiting = False
-        self.writable = threading.Event()
+        Channel.__init__(self)
         # Exchanges.
         self.inflight = 0  # parsed and not yet done
         self._running = False  # one exchange is on a worker
@@ -239,7 +234,7 @@ class HTTPSession(Protocol):
         self.transport.abortConnection()
 
     def _drop(self, why: str) -> None:
-        self._give_up()
+        self.shut()
         current = self._current
         if current is not None and current.body is not None:
             current.body.fail(ClientDisconnected(why))
@@ -247,24 +242,10 @@ class HTTPSession(Protocol):
         self._new = []
         self._pipeline.clear()
 
-    def _give_up(self) -> None:
+    def shut(self) -> None:
         """No more output: wake a worker waiting to write, let queued exchanges be skipped."""
-        self.gone = True
+        Channel.shut(self)
         self.deadline = None
-        self.writable.set()
-
-    # -- IPushProducer: the transport tells us the client is slow --------------------
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        if self.writer_waiting:
-            self.writable.set()
-
-    def stopProducing(self) -> None:
-        self._give_up()
 
     # -- reading -----------------------------------------------------------------------
 
@@ -563,7 +544,7 @@ class HTTPSession(Protocol):
         self.inflight -= 1
         self._running = False
         if end == ABORT:
-            self._give_up()
+            self.shut()
             self.transport.abortConnection()
             return
         body = exchange.body
@@ -625,7 +606,7 @@ class HTTPSession(Protocol):
             self._close(linger=True)
 
     def _close(self, linger: bool) -> None:
-        self._give_up()
+        self.shut()
         self._stopped = True
         transport = self.transport
         transport.unregisterProducer()

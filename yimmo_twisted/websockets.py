@@ -43,13 +43,12 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
 from twisted.python.threadable import isInIOThread
-from zope.interface import implementer
 
 from .exchange import CLOSE, RESUME, SERVER_SOFTWARE, ClientDisconnected, error_response
 from .logs import logger
 from .session import writer
+from .worker import Channel
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import Server
@@ -160,28 +159,20 @@ class WebSocket:
         return self._channel.gone
 
 
-@implementer(IPushProducer)
-class _Channel:
+class _Channel(Channel):
     """
     Output of one WebSocket on its way to the reactor, through the pool's Handoff,
-    which takes it for an HTTP session (``produced``/``consumed``/``paused``/
-    ``writable``/``deliver``).  Also the transport's push producer: ``paused`` while
-    the client does not read.
+    which takes it for an HTTP session (``deliver``; ``session`` names itself).
     """
 
     def __init__(self, protocol: "WebSocketProtocol", bridge: "Bridge") -> None:
+        super().__init__()
         self.session = self  # Handoff records name (exchange, ...); exchange.session
         self.protocol = protocol
         self._handoff = bridge.handoff
         self._limit = bridge.output_buffer
         self._timeout = bridge.send_timeout
         self.max_message_size = bridge.max_message_size
-        self.produced = 0  # written by emitters, under _lock
-        self.consumed = 0  # written by the reactor
-        self.paused = False
-        self.gone = False
-        self.writable = threading.Event()
-        self.writer_waiting = False
         self._lock = threading.Lock()  # emitters: several threads may send at once
 
     # -- any thread ----------------------------------------------------------------------
@@ -209,22 +200,6 @@ class _Channel:
             self.writable.set()
         if not self.gone:
             self.protocol.perform(data, end)
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        if self.writer_waiting:
-            self.writable.set()
-
-    def stopProducing(self) -> None:
-        self.shut()
-
-    def shut(self) -> None:
-        """No more output: wake a sender waiting for the client."""
-        self.gone = True
-        self.writable.set()
 
 
 class _Inbox:

@@ -31,11 +31,48 @@ from queue import SimpleQueue
 from time import monotonic
 from typing import Callable, List, Optional
 
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
 from .context import Context
 from .exchange import MORE, Exchange
 from .logs import logger
 
 log = logger("yimmo.worker")
+
+
+@implementer(IPushProducer)
+class Channel:
+    """
+    A destination of worker output: an HTTP session or a WebSocket.  ``Handoff`` counts
+    what it carries there (``produced`` by the senders, ``consumed`` by the reactor: one
+    writer each) and makes a sender wait on ``writable`` while the client is slow.  Also
+    the push producer its transport pauses while the client does not read.
+    """
+
+    def __init__(self) -> None:
+        self.gone = False  # no more output will be delivered
+        self.paused = False  # the transport's buffer is full
+        self.produced = 0
+        self.consumed = 0
+        self.writer_waiting = False
+        self.writable = threading.Event()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self.writer_waiting:
+            self.writable.set()
+
+    def stopProducing(self) -> None:
+        self.shut()
+
+    def shut(self) -> None:
+        """No more output: wake a sender waiting for the client."""
+        self.gone = True
+        self.writable.set()
 
 
 class Handoff:

@@ -756,6 +756,25 @@ def test_close_called_once_on_exception_before_first_chunk(server):
     assert stats(server, key)["closed"] == 1
 
 
+def hang_up(c, how: str) -> None:
+    """Close the client socket: with a FIN, or with a reset (SO_LINGER 0)."""
+    if how == "reset":
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00"
+                          b"\x00\x00\x00\x00")
+    c.close()
+
+
+def assert_closed_once_and_not_advanced(server, key: str) -> None:
+    """close() is called within 3 s of the disconnect, once, and the iterable stops there."""
+    s = wait_stats(server, key, lambda s: s["closed"] >= 1, timeout=3)
+    assert s["closed"] == 1, "close() not called within 3 s of the disconnect: %r" % s
+    produced = s["produced"]
+    time.sleep(0.3)
+    s = stats(server, key)
+    assert s["closed"] == 1 and s["next_after_close"] == 0
+    assert s["produced"] == produced, "the iterable is still advanced after the disconnect"
+
+
 @pytest.mark.parametrize("how", ["close", "reset"])
 def test_close_called_once_when_a_stalled_client_disconnects(server, how):
     """The worker waits for a client that does not read; the client then goes away."""
@@ -769,17 +788,8 @@ def test_close_called_once_when_a_stalled_client_disconnects(server, how):
         s = stats(server, key)
         assert s["closed"] == 0 and s["produced"] < 64 << 20
     finally:
-        if how == "reset":
-            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00"
-                              b"\x00\x00\x00\x00")
-        c.close()
-    s = wait_stats(server, key, lambda s: s["closed"] >= 1, timeout=3)
-    assert s["closed"] == 1, "close() not called within 3 s of the disconnect: %r" % s
-    produced = s["produced"]
-    time.sleep(0.3)
-    s = stats(server, key)
-    assert s["closed"] == 1 and s["next_after_close"] == 0
-    assert s["produced"] == produced
+        hang_up(c, how)
+    assert_closed_once_and_not_advanced(server, key)
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])
@@ -792,18 +802,8 @@ def test_close_called_once_when_client_disconnects_mid_stream(server, how):
         c.read_head(timeout=5)
         c.read_exact(5000, timeout=5)  # streaming is under way
     finally:
-        if how == "reset":
-            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00"
-                              b"\x00\x00\x00\x00")
-        c.close()
-    s = wait_stats(server, key, lambda s: s["closed"] >= 1, timeout=3)
-    assert s["closed"] == 1, "close() not called within 3 s of the disconnect: %r" % s
-    produced = s["produced"]
-    time.sleep(0.3)
-    s = stats(server, key)
-    assert s["closed"] == 1
-    assert s["next_after_close"] == 0
-    assert s["produced"] == produced, "the iterable is still advanced after the disconnect"
+        hang_up(c, how)
+    assert_closed_once_and_not_advanced(server, key)
 
 
 # -- wsgi.file_wrapper ------------------------------------------------------------------------

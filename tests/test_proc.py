@@ -108,11 +108,14 @@ def test_app_that_fails_to_import_fails_fast(serve):
         assert "module 'no_such_module' not found" in server.output()
 
 
-def test_crash_loop_at_start_up_stops_the_manager(serve):
-    server = serve("proc_apps:pid", "-p", "2", env={"PROC_APPS_DIE_AT_START": "1"}, wait=False)
+@pytest.mark.parametrize("limit", [None, "2"])
+def test_crash_loop_at_start_up_stops_the_manager(serve, limit):
+    args = ("--start-failures", limit) if limit else ()
+    server = serve("proc_apps:pid", "-p", "2", *args, env={"PROC_APPS_DIE_AT_START": "1"},
+                   wait=False)
     assert server.wait_exit(20) == 1
     out = server.output()
-    assert "keep dying at start-up" in out and "exit code 7" in out, out
+    assert "keep dying at start-up (%s in a row" % (limit or 5) in out and "exit code 7" in out, out
     assert "listening on" not in out
 
 

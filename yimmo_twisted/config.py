@@ -217,6 +217,12 @@ OPTIONS = (
            "idle workers take the exchanges queued behind it"),
     Option("linger", _seconds, "YIMMO_LINGER", ("--linger",), _w("linger"),
            "seconds to drain a client's input after an error response before closing"),
+    Option("start_failures", _positive_int, "YIMMO_WSGI_START_FAILURES", ("--start-failures",),
+           _w("start_failures"), "server processes dying at start-up in a row before the "
+           "manager gives up (exit 1)"),
+    Option("ready_timeout", _seconds, "YIMMO_WSGI_READY_TIMEOUT", ("--ready-timeout",),
+           _w("ready_timeout"), "seconds a new server process may take to import the app and "
+           "listen"),
     # WebSockets (websockets.py); input_buffer and output_buffer bound their queues too.
     Option("ws_max_message_size", _size, "YIMMO_WS_MAX_MESSAGE_SIZE",
            ("--ws-max-message-size",), _w("websockets", "max_message_size"),
@@ -278,6 +284,8 @@ class Settings:
     max_pipeline: int = 32
     steal_after: float = 0.001
     linger: float = 2.0
+    start_failures: int = 5
+    ready_timeout: float = 60.0
     ws_max_message_size: int = 16 << 20
     ws_max_frame_size: int = 16 << 20
     ws_compression: bool = False

@@ -44,9 +44,7 @@ from .server import describe, split_endpoint, take_stop_signals
 log = logger("yimmo.proc")
 
 EXIT_START = 3  # a server process that cannot start (bad app, bad setting): no retry
-START_FAILURES = 5  # early deaths in a row before the manager gives up
 MIN_LIFETIME = 2.0  # seconds: a process dying sooner died "at start-up"
-READY_TIMEOUT = 60.0  # seconds for a new process to start listening (app import included)
 KILL_MARGIN = 5.0  # seconds past the grace period before SIGKILL
 CONTROL_FD = 3  # server process -> manager: "ready" or "error: ..."
 FIRST_SOCKET_FD = 4
@@ -205,7 +203,7 @@ class Manager(service.Service):
                                  % (proc.slot, proc.error or how))
         early = not proc.is_ready or monotonic() - proc.started < MIN_LIFETIME
         self.failures = self.failures + 1 if early else 0
-        if self.failures >= START_FAILURES:
+        if self.failures >= self.settings.start_failures:
             return self._give_up("server processes keep dying at start-up (%d in a row, "
                                  "the last: %s%s)" % (self.failures, how,
                                                       ": " + proc.error if proc.error else ""))
@@ -234,7 +232,7 @@ class Manager(service.Service):
                 old = self.procs[slot]
                 new = self._spawn(slot)
                 try:
-                    yield new.ready.addTimeout(READY_TIMEOUT, self.reactor)
+                    yield new.ready.addTimeout(self.settings.ready_timeout, self.reactor)
                 except Exception as e:
                     log.error("reload stopped: the new server process {slot} did not start "
                               "({error}); the old ones keep serving", slot=slot, error=e)

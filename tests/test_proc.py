@@ -147,12 +147,14 @@ def test_sigterm_drains_in_flight_requests(serve, no_proc):
     server = serve("proc_apps:slow", "-p", no_proc, "-t", "2")
     children = pids_of(server, int(no_proc)) if no_proc == "2" else []
     results = []
-    client = threading.Thread(target=lambda: results.append(server.get("/?s=1.5", timeout=10)))
+    client = threading.Thread(target=lambda: results.append(server.get(
+        "/?s=1.5", {"Connection": "keep-alive"}, timeout=10)))
     client.start()
     time.sleep(0.4)  # the request is in flight
     server.signal(signal.SIGTERM)
     client.join(10)
     assert results and results[0].status == 200  # finished, not cut
+    assert results[0].header("connection") == "close"  # the client learns not to reuse it
     assert server.wait_exit(10) == 0
     with pytest.raises(OSError):
         rawhttp.get(server.port, "/?s=0", timeout=2)  # not accepting any more

@@ -34,7 +34,8 @@ pytestmark = pytest.mark.timeout(20)
 
 def make_session(**kw):
     s = types.SimpleNamespace(gone=False, produced=0, consumed=0, paused=False,
-                              writable=threading.Event(), writer_waiting=False)
+                              writable=threading.Event(), writer_waiting=False,
+                              keep_alive=True)
     s.__dict__.update(kw)
     return s
 

@@ -246,7 +246,7 @@ class Context:
         ex = self.exchange
         code = int(self.status[:3])
         self.no_body = no_body = ex.head_only or code < 200 or code == 204 or code == 304
-        keep_alive = ex.keep_alive
+        keep_alive = ex.keep_alive and ex.session.keep_alive
         lines = [b"HTTP/1.1 ", self.status.encode("latin-1"), b"\r\n"]
         length = None
         server = date = True

@@ -235,6 +235,8 @@ class Server(service.Service):
         self.ports = []
         self.websockets.stop()
         self._deadline = monotonic() + self.settings.grace
+        for session in self.sessions:
+            session.keep_alive = False  # responses still to come tell their clients
         yield self._drain()
         if self._sweep is not None and self._sweep.running:
             self._sweep.stop()

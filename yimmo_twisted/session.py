@@ -163,6 +163,7 @@ class HTTPSession(Protocol, Channel):
         self._parser = HttpRequestParser(self)
         # Output, shared with the worker writing this session's response.
         Channel.__init__(self)
+        self.keep_alive = True  # False once the server drains: responses say "close"
         # Exchanges.
         self.inflight = 0  # parsed and not yet done
         self._running = False  # one exchange is on a worker

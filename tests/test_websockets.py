@@ -393,7 +393,7 @@ def test_subprotocols_origins_and_compression(serve):
         assert ws.recv(timeout=5) == big
     with pytest.raises(InvalidStatus) as e:
         client(s, origin="http://evil.example")
-    assert e.value.response.status_code == 400
+    assert e.value.response.status_code == 403
     with client(s, "/choose", subprotocols=["chat", "superchat"]) as ws:
         assert ws.subprotocol == "superchat"  # on_open's choice
     with client(s, subprotocols=["other"]) as ws:

@@ -369,6 +369,10 @@ class WebSocketProtocol(WebSocketServerProtocol):
             code = 426
         elif code in (405, 505):
             code = 400  # a malformed upgrade (not GET, not HTTP/1.1): a bad request
+        elif "origin" in reason and "not allowed" in reason:
+            # RFC 6455 10.2: a well-formed request from an origin we refuse is forbidden,
+            # not bad.  (autobahn says so only in its reason text.)
+            code = 403
         super().failHandshake(reason, code, responseHeaders)
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders=None) -> None:

@@ -530,6 +530,18 @@ def test_banner_and_combined_access_log(serve):
     assert int(banner.group(1)) == server.proc.pid
 
 
+@pytest.mark.parametrize("fmt", ["combined", "json"])
+def test_refused_requests_in_the_access_log(serve, fmt):
+    server = serve("apps:hello", "--access-log", fmt)
+    r = server.exchange(b"GET / HTTP/1.1\r\nHost : x\r\n\r\n")
+    assert r.status == 400
+    if fmt == "combined":
+        server.wait_for_output(r'127\.0\.0\.1 - - \[[^]]+\] "-" 400 - "-" "-"')
+    else:
+        line = server.wait_for_output(r'\{"time"[^\n]*"status":400[^\n]*\}').group(0)
+        assert json.loads(line)["remote_addr"] == "127.0.0.1"
+
+
 def test_json_access_log(serve):
     server = serve("apps:hello", "--access-log", "json")
     server.get("/j")

@@ -103,6 +103,8 @@ class AccessLog:
 
     def __init__(self, fmt: str, reactor, stream: Optional[TextIO] = None) -> None:
         self.record: Callable[[Any], None] = self._json if fmt == "json" else self._combined
+        self.refused: Callable[[str, int], None] = (
+            self._json_refused if fmt == "json" else self._combined_refused)
         self._lines: deque = deque()
         self._append = self._lines.append
         self._stream = stream
@@ -165,4 +167,18 @@ class AccessLog:
             "protocol": env["SERVER_PROTOCOL"], "status": int(status[:3]) if status else 500,
             "bytes": ctx.sent if ctx.head_sent else 0, "referer": env.get("HTTP_REFERER"),
             "user_agent": env.get("HTTP_USER_AGENT"), "pid": self._pid,
+        }))
+
+    # Requests the session refuses itself (4xx/5xx before any app runs): their method and
+    # target may not even have been parsed, so the line says "-" for the request, as
+    # nginx does for a request it could not read.
+
+    def _combined_refused(self, remote_addr: str, status: int) -> None:
+        self._append('%s - - [%s] "-" %d - "-" "-"' % (remote_addr or "-", self._now(), status))
+
+    def _json_refused(self, remote_addr: str, status: int) -> None:
+        self._append(_json_line({
+            "time": round(time.time(), 6), "remote_addr": remote_addr, "method": None,
+            "target": None, "protocol": None, "status": status, "bytes": 0, "referer": None,
+            "user_agent": None, "pid": self._pid,
         }))

@@ -583,6 +583,9 @@ class HTTPSession(Protocol, Channel):
             log.info("refusing a request: {status} {reason}", status=status, reason=reason)
         self._stopped = True
         self._env = None
+        access = self.server.access
+        if access is not None:
+            access.refused(self._base["REMOTE_ADDR"], status)
         current = self._current
         self._current = None
         self._held = None

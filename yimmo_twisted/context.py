@@ -245,7 +245,8 @@ class Context:
             raise AssertionError("the application sent a body before calling start_response")
         ex = self.exchange
         code = int(self.status[:3])
-        self.no_body = no_body = ex.head_only or code < 200 or code == 204 or code == 304
+        never_length = code < 200 or code == 204  # RFC 9110 8.6: no Content-Length at all
+        self.no_body = no_body = ex.head_only or never_length or code == 304
         keep_alive = ex.keep_alive and ex.session.keep_alive
         lines = [b"HTTP/1.1 ", self.status.encode("latin-1"), b"\r\n"]
         length = None
@@ -263,15 +264,15 @@ class Context:
                         raise ValueError
                 except ValueError:
                     raise ValueError("start_response: invalid Content-Length %r" % value)
-                if no_body and code < 200 or code == 204:
-                    continue  # RFC 9110 8.6: never on 1xx and 204
+                if never_length:
+                    continue
             elif lname == "server":
                 server = False
             elif lname == "date":
                 date = False
             lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
         self.chunked = False
-        if length is None and not (code < 200 or code == 204):
+        if length is None and not never_length:
             if total is not None and (not no_body or ex.head_only):
                 length = total
                 lines.append(b"Content-Length: %d\r\n" % total)

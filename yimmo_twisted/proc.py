@@ -60,7 +60,6 @@ class ServerProcess(ProcessProtocol):
         self.started = monotonic()
         self.ready = defer.Deferred()
         self.is_ready = False
-        self.retired = False  # asked to stop: its end is expected
         self.error = ""
         self._control = b""
         self._output: Dict[int, bytes] = {}
@@ -100,7 +99,6 @@ class ServerProcess(ProcessProtocol):
 
     def retire(self) -> None:
         """Drain and exit (SIGTERM)."""
-        self.retired = True
         self.signal("TERM")
 
     def processEnded(self, reason) -> None:

@@ -227,7 +227,6 @@ class WorkerPool:
         self.steal_after = steal_after
         self.workers: List[Worker] = [Worker(self, i) for i in range(no_threads)]
         self._batch: list = []
-        self.submitted = 0
         self._reactor = None
         self.access: Optional[Callable] = None  # the access log's record, set before start()
 
@@ -239,7 +238,6 @@ class WorkerPool:
 
     def submit(self, exchange: Exchange) -> None:
         """Run ``exchange`` on some worker, soon (reactor thread)."""
-        self.submitted += 1
         self._batch.append(exchange)
         if self._reactor is None:
             self.flush()  # not hooked into the reactor: no iteration end to wait for

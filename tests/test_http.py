@@ -328,14 +328,33 @@ def test_chunked_body_with_extensions_and_trailers(server):
         assert c.read_response().body == b"Hello, World!\n"
 
 
-@pytest.mark.parametrize("ext", [b"5 ;x=y", b"5; x=y", b"5 ; x = y", b"5\t;x=y"])
-def test_chunk_extension_whitespace_refused(server, ext):
-    """RFC 9112 7.1.1 allows BWS around the ";" of a chunk extension, but whitespace in
-    chunk lines is a known request-smuggling lever between parsers that disagree on it,
-    and llhttp (strict, as nginx and node) refuses it: so do we, with a 400 and a close."""
+@pytest.mark.parametrize("ext", [b"5 ;x=y", b"5; x=y", b"5 ; x = y", b"5\t;x=y",
+                                 b'5;x="a \\" b";y', b"5;a;b=c"])
+def test_chunk_extension_whitespace_accepted(server, ext):
+    """RFC 9112 7.1.1 allows BWS around the ";" and "=" of a chunk extension, and RFC 9110
+    5.6.3 says recipients must accept it (as gunicorn does); the extension is ignored."""
     body = ext + b"\r\nhello\r\n0\r\n\r\n"
     with server.connect() as c:
         c.send(req("POST", "/echo", [("Transfer-Encoding", "chunked")], body))
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"hello", r
+        c.send(req())
+        assert c.read_response().status == 200
+
+
+@pytest.mark.parametrize("line", [
+    b"5 \r\n",  # whitespace with no extension after it
+    b" 5\r\n", b"5;\r\n", b"5;=x\r\n", b"5;x=\r\n", b'5;x="a\r\n',
+    b"5;x\n",  # bare LF
+    b"5;x\ry\r\n",  # CR alone
+    b"5;x\x00\r\n", b"5\x00\r\n",  # NUL
+    b"5;x=a b\r\n", b"0x5\r\n", b"-5\r\n", b"5\x0b\r\n",
+])
+def test_chunk_line_levers_refused(server, line):
+    """Whatever is not the grammar stays refused: 400 and a close, nothing reaches the app."""
+    with server.connect() as c:
+        c.send(req("POST", "/echo", [("Transfer-Encoding", "chunked")],
+                   line + b"hello\r\n0\r\n\r\n"))
         r = c.read_response()
         assert r.status == 400, r
         assert_closed(c)

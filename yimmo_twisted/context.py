@@ -273,7 +273,9 @@ class Context:
             lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
         self.chunked = False
         if length is None and not never_length:
-            if total is not None and (not no_body or ex.head_only):
+            if total is not None and (not no_body or (ex.head_only and total)):
+                # For HEAD, only a length the app produced is the GET's: an app that sends
+                # no body for HEAD (werkzeug) gets no "Content-Length: 0" (RFC 9110 9.3.2).
                 length = total
                 lines.append(b"Content-Length: %d\r\n" % total)
             elif not no_body:
@@ -380,7 +382,11 @@ class Context:
                 self._send(data, None)
             self._finish(None)
         except ClientDisconnected:
+            # Writing found the connection gone, or the request body was cut short (the
+            # client half-closed or vanished mid-upload): the exchange still ends, or its
+            # session would wait for it forever.
             log.debug("client went away during {path}", path=environ.get("PATH_INFO"))
+            self.emit(ex, b"", ABORT)
         except HTTPError as e:
             # Raised by wsgi.input: the request body turned out bad (too large, malformed,
             # timed out).  The app did not catch it, so the client gets that status.

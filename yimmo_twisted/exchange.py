@@ -16,6 +16,8 @@ from http import HTTPStatus
 from time import time
 from typing import TYPE_CHECKING, Optional
 
+from .http1 import HTTPError
+
 if TYPE_CHECKING:  # pragma: no cover
     from .session import HTTPSession
 
@@ -27,15 +29,6 @@ DONE = 1  # the response is complete; the connection may be kept alive
 CLOSE = 2  # the response is complete (or cut short); close after flushing
 ABORT = 3  # the response cannot be completed; drop the connection now
 RESUME = 4  # no output: the app drained the request body, read from the client again
-
-
-class HTTPError(Exception):
-    """A request the server refuses; ``status`` is the response code sent for it."""
-
-    def __init__(self, status: int, reason: str = "") -> None:
-        super().__init__(status, reason)
-        self.status = status
-        self.reason = reason or HTTPStatus(status).phrase
 
 
 class ClientDisconnected(OSError):

@@ -143,10 +143,13 @@ class Server(service.Service):
 
     def __init__(self, app: Callable, settings: Settings, reactor=None,
                  multiprocess: bool = False,
-                 adopted: Optional[List[Tuple[int, int, str]]] = None) -> None:
+                 adopted: Optional[List[Tuple[int, int, str]]] = None,
+                 clock=None) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
+        # Every deadline is read from here: monotonic time, or a test's task.Clock.
+        self.now: Callable[[], float] = monotonic if clock is None else clock.seconds
         self.app = app
         self.settings = settings
         self.adopted = adopted
@@ -222,7 +225,7 @@ class Server(service.Service):
         self._sweep.start(interval, now=False)
 
     def _check_timeouts(self) -> None:
-        now = monotonic()
+        now = self.now()
         for session in list(self.sessions):
             if session.deadline is not None and now >= session.deadline:
                 session.check_timeout(now)

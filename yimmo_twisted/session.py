@@ -1,8 +1,8 @@
 """
 The session: the HTTP/1.x protocol of one connection, on the reactor thread.
 
-Bytes go to httptools (llhttp, strict mode) and come out as exchanges that are dispatched
-to workers.  Responses come back through ``deliver`` and are written in request order:
+Bytes go to the request reader (http1.py: framing, limits, every refusal's status) and
+its events become exchanges that are dispatched to workers.  Responses come back through ``deliver`` and are written in request order:
 while a session has an exchange in flight, its later (pipelined) exchanges go to the same
 worker's queue, so they run one at a time and their output arrives in order.
 
@@ -17,17 +17,12 @@ processed, and the connection closes.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from functools import partial
-from time import monotonic
 from typing import TYPE_CHECKING, Callable, List, Optional
 from urllib.parse import unquote_to_bytes
 
-from httptools import (
-    HttpParserCallbackError, HttpParserError, HttpParserInvalidMethodError,
-    HttpParserUpgrade, HttpRequestParser, parse_url,
-)
+from httptools import parse_url
 from twisted.internet import tcp
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -39,6 +34,7 @@ from .exchange import (
     ABORT, CLOSE, RESUME, ClientDisconnected, Exchange, HTTPError, RequestBody,
     error_response,
 )
+from .http1 import END, NEED_DATA, Head, RequestReader
 from .logs import logger
 from .worker import Channel
 
@@ -60,12 +56,8 @@ _KEYS = {b"Content-Type": "CONTENT_TYPE", b"content-type": "CONTENT_TYPE",
          b"Content-Length": "CONTENT_LENGTH", b"content-length": "CONTENT_LENGTH"}
 _KEYS_MAX = 1024
 
-_METHODS = {}  # bytes -> str, for the methods llhttp knows (a closed set)
-
 _READ_SIZE = 65536  # Twisted's default read size (tcp.Connection.bufferSize)
 _LARGE_READ_SIZE = 1 << 18
-
-_TOKEN_SP = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ ")
 
 
 def _header_key(name: bytes) -> str:
@@ -86,43 +78,45 @@ def _header_key(name: bytes) -> str:
     return key
 
 
-class _Counter:
-    """Parser callbacks that only count complete requests."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def on_message_complete(self) -> None:
-        self.count += 1
-
-
-def _completed(data: bytes) -> int:
-    counter = _Counter()
-    try:
-        HttpRequestParser(counter).feed_data(data)
-    except (HttpParserError, HttpParserUpgrade):
-        pass
-    return counter.count
-
-
-def _request_start(data: bytes, n: int) -> int:
-    """
-    Where the request after the first ``n`` complete ones of ``data`` begins (``data``
-    starting at a request).  The parser gives no offsets, so this bisects on prefixes;
-    it runs only to tell an unknown method (501) from garbage (400) in a pipelined read.
-    """
-    if not n:
-        return 0
-    lo, hi = 0, len(data)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if _completed(data[:mid]) >= n:
-            hi = mid
+def environ_headers(env: dict, headers: list) -> None:
+    """The request's header fields into ``env`` as PEP 3333 (and CGI) name them."""
+    for name, value in headers:
+        key = _KEYS.get(name)
+        if key is None:
+            key = _header_key(name)
+        if not key:
+            continue
+        # llhttp strips leading whitespace but keeps trailing (RFC 9110 5.5: not part of it).
+        text = value.rstrip(b" \t").decode("latin-1")
+        old = env.get(key)
+        if old is None:
+            env[key] = text
+        elif key == "HTTP_COOKIE":
+            env[key] = old + "; " + text  # RFC 6265 5.4: cookies are joined with "; "
         else:
-            lo = mid + 1
-    while data[lo:lo + 2] == b"\r\n":
-        lo += 2  # llhttp skips empty lines between requests
-    return lo
+            env[key] = old + ", " + text  # RFC 9110 5.3
+
+
+def environ_target(env: dict, target: bytes) -> None:
+    """RAW_URI, PATH_INFO and QUERY_STRING from the request target (RFC 9112 3.2)."""
+    env["RAW_URI"] = raw = target.decode("latin-1")
+    if target[:1] == b"/":
+        path, sep, query = target.partition(b"?")
+        env["QUERY_STRING"] = query.decode("latin-1")
+    elif target == b"*":
+        path = target
+        env["QUERY_STRING"] = ""
+    else:
+        try:
+            parts = parse_url(target)  # absolute-form, as sent to proxies
+        except Exception:
+            raise HTTPError(400, "invalid request target %r" % raw[:100])
+        if not parts.schema or not parts.host:
+            raise HTTPError(400, "invalid request target %r" % raw[:100])
+        path = parts.path or b"/"
+        env["QUERY_STRING"] = (parts.query or b"").decode("latin-1")
+    # PEP 3333: PATH_INFO is the percent-decoded path as a latin-1 "bytes as str".
+    env["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
 
 
 def write_direct(transport: tcp.Connection, data: bytes) -> None:
@@ -160,7 +154,8 @@ class HTTPSession(Protocol, Channel):
         # Per listening endpoint (wsgi.url_scheme differs between http and https ports).
         self._base_environ = server.base_environ if base_environ is None else base_environ
         self.settings = server.settings
-        self._parser = HttpRequestParser(self)
+        self._now = server.now
+        self._reader = RequestReader(server.settings)
         # Output, shared with the worker writing this session's response.
         Channel.__init__(self)
         self.keep_alive = True  # False once the server drains: responses say "close"
@@ -168,25 +163,16 @@ class HTTPSession(Protocol, Channel):
         self.inflight = 0  # parsed and not yet done
         self._running = False  # one exchange is on a worker
         self._pipeline: deque = deque()  # parsed, waiting for the one running to be done
-        self._new: List[Exchange] = []  # parsed in this dataReceived, not yet dispatched
-        self._current: Optional[Exchange] = None  # the exchange whose body is being parsed
+        self._new: List[Exchange] = []  # parsed in this read, not yet dispatched
+        self._current: Optional[Exchange] = None  # the exchange whose body is being read
         self._held: Optional[Exchange] = None  # _current, dispatched once its body is complete
-        self._env: Optional[dict] = None  # environ of the request whose head is parsed
         self._error: Optional[bytes] = None  # a refusal, sent when the exchanges before it are
         self._stopped = False  # refuse all further input
         self._eof = False  # the client sends no more
         self._pauses = 0
-        # Limits and timeouts.
+        # Timeouts: the deadline of the phase the connection is in (None: no timer runs).
         self.phase = _IDLE
         self.deadline: Optional[float] = None
-        self._url = b""
-        self._nheaders = 0
-        self._header_bytes = 0
-        self._head_fed = 0  # bytes read while the head is incomplete
-        self._head_mid_feed = False  # the head began after another request in the same read
-        self._completed_in_feed = 0  # requests completed in the read being parsed
-        self._line_done = False  # the request line of the open head has ended
-        self._upgrade: Optional[dict] = None  # a WebSocket handshake, to hand over
 
     # -- connection ------------------------------------------------------------------
 
@@ -206,7 +192,7 @@ class HTTPSession(Protocol, Channel):
         base["SERVER_NAME"] = getattr(host, "host", "") or "localhost"
         base["SERVER_PORT"] = str(getattr(host, "port", "") or "")
         self.server.sessions.add(self)
-        self.deadline = monotonic() + self.settings.idle_timeout
+        self.deadline = self._now() + self.settings.idle_timeout
 
     def connectionLost(self, reason=None) -> None:
         self.server.sessions.discard(self)
@@ -215,16 +201,16 @@ class HTTPSession(Protocol, Channel):
     def readConnectionLost(self) -> None:
         """
         The client shut down its sending side: it may still read.  Requests already
-        parsed are answered (HTTP/1.x allows a client to half-close after its request);
-        then the connection closes.
+        read are answered (HTTP/1.x allows a client to half-close after its request);
+        then the connection closes.  A body cut short fails its exchange.
         """
         self._eof = True
-        self._stopped = True
         current = self._current
         if current is not None and current.body is not None:
             current.body.fail(ClientDisconnected("request body cut short"))
-        if not self.inflight and not self._new:
-            self._close(linger=False)
+            if current is self._held:
+                self._current = self._held = None  # never dispatched: nothing to answer
+        self._finish_eof()
 
     def writeConnectionLost(self) -> None:
         pass  # our half-close (linger): reading goes on until the client closes
@@ -253,253 +239,153 @@ class HTTPSession(Protocol, Channel):
     def _pause_reading(self, reason: int) -> None:
         if not self._pauses:
             self.transport.pauseProducing()
+            if self.phase in (_HEAD, _BODY):
+                self.deadline = None  # the server's pause is not the client's silence
         self._pauses |= reason
 
     def _resume_reading(self, reason: int) -> None:
         if self._pauses & reason:
             self._pauses &= ~reason
             if not self._pauses and not self.gone:
-                self.transport.resumeProducing()
+                self._set_phase()
+                if not self._eof:
+                    self.transport.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
         if self._stopped:
             return  # after a refusal: input is drained and dropped
-        self._completed_in_feed = 0
-        at_boundary = self.phase in (_IDLE, _APP)
+        self._reader.feed(data)
+        self._read_events()
+
+    def _read_events(self) -> None:
+        """Turn what the reader has into exchanges, as far as the pipeline allows."""
+        reader = self._reader
+        max_pipeline = self.settings.max_pipeline
         try:
-            while True:
-                try:
-                    self._parser.feed_data(data)
+            while not self._stopped:
+                if (len(self._pipeline) + len(self._new) >= max_pipeline
+                        and not reader.in_body):
+                    # Enough requests of this connection wait: the rest stay unparsed in
+                    # the reader, and the client is not read, until the queue shortens.
+                    if reader.pending:
+                        self._pause_reading(_PAUSE_PIPELINE)
                     break
-                except HttpParserUpgrade as e:
-                    data = data[e.args[0]:]
-                    if self._upgrade is not None:
-                        self._hand_over(data)
-                        return
-                    # No WebSocket handler took it: the request was an ordinary one.  The
-                    # parser stops after an upgrade request; go on with a fresh one.
-                    self._parser = HttpRequestParser(self)
-                    if not data:
-                        break
-            if self.phase == _HEAD:
-                self._check_head(data)
-        except HttpParserCallbackError as e:
-            error = e.__context__
-            if isinstance(error, HTTPError):
-                self._refuse(error.status, error.reason)
-            else:
-                log.failure("error parsing a request", Failure(error))
-                self._refuse(500, "")
-        except HttpParserInvalidMethodError:
-            # A token that llhttp does not know is a method we do not implement; anything
-            # else where the method should be is a malformed request.
-            start = _request_start(data, self._completed_in_feed) if at_boundary else -1
-            known = start >= 0 and _TOKEN_SP.match(data, start)
-            self._refuse(501 if known else 400, "unknown method")
-        except HttpParserError as e:
-            message = str(e)
-            self._refuse(505 if "HTTP version" in message else 400, message)
+                event = reader.next_event()
+                kind = type(event)
+                if event is NEED_DATA:
+                    break
+                if kind is bytes:
+                    self._on_body(event)
+                elif event is END:
+                    self._on_end()
+                elif kind is Head:
+                    if self._on_head(event):
+                        return  # the connection is a WebSocket now
+                else:
+                    self._refuse(event.status, event.reason)
         except HTTPError as e:
             self._refuse(e.status, e.reason)
+        except Exception:
+            log.failure("error reading a request", Failure())
+            self._refuse(500, "")
         if self._new:
             self._dispatch_new()
+        if not self._stopped:
+            self._set_phase()
 
-    def _check_head(self, data: bytes) -> None:
-        """
-        Bound a head still incomplete after a read.  The parser reports whole fields
-        only, so a field that never ends is caught here, by the bytes read while the
-        head is open (a head that began after another request in the same read is
-        counted from the next read on: at most one read more).
-        """
-        if not self._head_mid_feed:
-            self._head_fed += len(data)
-            if b"\n" in data:
-                self._line_done = True
-        s = self.settings
-        if self._head_fed > s.max_request_line + s.max_header_bytes:
-            raise HTTPError(431 if self._line_done or self._nheaders else 414)
-
-    # -- parser callbacks ----------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self._env = self._base.copy()
-        self._url = b""
-        self._nheaders = 0
-        self._header_bytes = 0
-        self._head_fed = 0
-        self._head_mid_feed = self._completed_in_feed
-        self._line_done = False
-        self.phase = _HEAD
-        self.deadline = monotonic() + self.settings.header_timeout
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self.settings.max_request_line:
-            raise HTTPError(414)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._nheaders += 1
-        self._header_bytes += len(name) + len(value) + 4
-        s = self.settings
-        if self._nheaders > s.max_headers or self._header_bytes > s.max_header_bytes:
-            raise HTTPError(431)
-        env = self._env
-        if env is None:
-            return  # a trailer field (after a chunked body): counted, not passed on
-        key = _KEYS.get(name)
-        if key is None:
-            key = _header_key(name)
-        if not key:
-            return
-        # llhttp strips leading whitespace but keeps trailing (RFC 9110 5.5: not part of it).
-        text = value.rstrip(b" \t").decode("latin-1")
-        old = env.get(key)
-        if old is None:
-            env[key] = text
-        elif key == "HTTP_HOST":
-            raise HTTPError(400, "more than one Host header")
-        elif key == "HTTP_COOKIE":
-            env[key] = old + "; " + text  # RFC 6265 5.4: cookies are joined with "; "
+    def _set_phase(self) -> None:
+        """The phase after reading, and its timer (none while reading is paused)."""
+        reader = self._reader
+        if reader.in_body:
+            phase, timeout = _BODY, self.settings.read_timeout
+        elif reader.in_head:
+            phase, timeout = _HEAD, self.settings.header_timeout
+        elif self.inflight or self._held is not None:
+            phase, timeout = _APP, None
         else:
-            env[key] = old + ", " + text  # RFC 9110 5.3
+            phase, timeout = _IDLE, self.settings.idle_timeout
+        if self._pauses and phase in (_HEAD, _BODY):
+            self.phase, self.deadline = phase, None
+        elif phase != self.phase or self.deadline is None or phase == _BODY:
+            # A head's timer runs from its first byte; a body's from its last read.
+            self.phase = phase
+            self.deadline = None if timeout is None else self._now() + timeout
 
-    def on_headers_complete(self) -> None:
-        parser = self._parser
-        env = self._env
-        self._env = None
-        s = self.settings
-        version = parser.get_http_version()
-        if version == "1.1":
-            http11 = True
-        elif version == "1.0":
-            http11 = False
-        else:
-            raise HTTPError(505)
-        env["SERVER_PROTOCOL"] = "HTTP/" + version
-        raw = parser.get_method()
-        method = _METHODS.get(raw)
-        if method is None:
-            method = _METHODS[raw] = raw.decode("ascii")
-        if method == "CONNECT":
-            raise HTTPError(501, "CONNECT is not supported")
-        env["REQUEST_METHOD"] = method
-        self._target(env)
-        if http11 and "HTTP_HOST" not in env:
-            raise HTTPError(400, "missing Host header")
+    # -- reader events -------------------------------------------------------------
+
+    def _on_head(self, head: Head) -> bool:
+        """An exchange for ``head``; True when the connection was handed to WebSockets."""
+        env = self._base.copy()
+        environ_headers(env, head.headers)
+        env["SERVER_PROTOCOL"] = "HTTP/1.1" if head.http11 else "HTTP/1.0"
+        env["REQUEST_METHOD"] = head.method
+        environ_target(env, head.target)
         if "HTTP_UPGRADE" in env and self.server.websockets.wants(env):
-            self._want_upgrade(env)
-            return
+            return self._upgrade(head, env)
         body = None
-        if "HTTP_TRANSFER_ENCODING" in env:
-            # llhttp has checked that chunked is the final coding and that no
-            # Content-Length came with it.
-            env.pop("CONTENT_LENGTH", None)
-            body = RequestBody(None, s.input_buffer)
-        else:
-            length = env.get("CONTENT_LENGTH")
-            if length is not None:
-                size = int(length)  # digits only: llhttp refuses anything else
-                if size > s.max_body_size:
-                    raise HTTPError(413, "the body exceeds %d bytes" % s.max_body_size)
-                if size:
-                    body = RequestBody(size, s.input_buffer)
-        expect_continue = False
-        expect = env.get("HTTP_EXPECT")
-        if expect is not None:
-            if expect.lower() != "100-continue":
-                raise HTTPError(417)
-            expect_continue = http11 and body is not None
-        exchange = Exchange(self, env, body, parser.should_keep_alive(), http11,
-                            method == "HEAD", expect_continue)
+        s = self.settings
+        if head.has_body:
+            body = RequestBody(None if head.chunked else head.length, s.input_buffer)
+            if head.chunked:
+                env.pop("CONTENT_LENGTH", None)
+        exchange = Exchange(self, env, body, head.keep_alive, head.http11,
+                            head.method == "HEAD", head.expect_continue)
         if body is None:
             self._new.append(exchange)
-            self.phase = _APP
-            self.deadline = None
-            return
+            return False
         self._current = exchange
-        self.phase = _BODY
-        self.deadline = monotonic() + s.read_timeout
         if body.length is None or body.length > _READ_SIZE:
             # Read a large body in large pieces: fewer syscalls and parser calls.  Small
             # reads stay small: recv allocates its whole size before it knows the length.
             self.transport.bufferSize = _LARGE_READ_SIZE
-        if body.length is not None and body.length <= s.input_buffer and not expect_continue:
+        if body.length is not None and body.length <= s.input_buffer and not (
+                head.expect_continue):
             # A body that fits the input buffer is read whole before the app runs: then
             # the app's reads never wait, and no worker is woken once per network read.
             # Larger, chunked and 100-continue bodies stream to the app as they arrive.
             self._held = exchange
         else:
             self._new.append(exchange)
+        return False
+
+    def _on_body(self, data: bytes) -> None:
+        if self._current.body.feed(data):
+            self._pause_reading(_PAUSE_BODY)
+        elif not self._pauses:
+            self.deadline = self._now() + self.settings.read_timeout
+
+    def _on_end(self) -> None:
+        current = self._current
+        if current is None:
+            return
+        self.transport.bufferSize = _READ_SIZE
+        current.body.finish()
+        self._current = None
+        if self._held is current:
+            self._held = None
+            self._new.append(current)
 
     # -- WebSockets: the connection leaves HTTP (see websockets.py) --------------------
 
-    def _want_upgrade(self, env: dict) -> None:
+    def _upgrade(self, head: Head, env: dict) -> bool:
         """
-        A WebSocket handshake for the app's callbacks.  llhttp stops at the end of its
-        head (HttpParserUpgrade in dataReceived), where the connection is handed over;
-        autobahn checks the handshake.
+        A WebSocket handshake for the app's callbacks: the connection is handed over with
+        the bytes after the head (autobahn checks the handshake).
         """
-        if not self._parser.should_upgrade():
-            # Upgrade without "Connection: upgrade" (RFC 9110 7.8): llhttp would read on.
+        if not head.upgrade:
+            # Upgrade without "Connection: upgrade" (RFC 9110 7.8).
             raise HTTPError(400, "WebSocket handshake without Connection: upgrade")
+        if head.has_body:
+            raise HTTPError(400, "WebSocket handshake with a body")
         if self.inflight or self._new:
             raise HTTPError(400, "WebSocket handshake behind pipelined requests")
-        self._upgrade = env
-        self.phase = _APP
-        self.deadline = None
-
-    def _hand_over(self, rest: bytes) -> None:
-        """From here on the connection speaks WebSocket: this session lets go of it."""
-        env, self._upgrade = self._upgrade, None
         self._stopped = True
         self.gone = True
+        self.deadline = None
         self.server.sessions.discard(self)
         self.transport.unregisterProducer()
-        self.server.websockets.take_over(self.transport, env, rest)
-
-    def _target(self, env: dict) -> None:
-        """PATH_INFO and QUERY_STRING from the request target (RFC 9112 3.2)."""
-        url = self._url
-        env["RAW_URI"] = raw = url.decode("latin-1")
-        if url[:1] == b"/":
-            path, sep, query = url.partition(b"?")
-            env["QUERY_STRING"] = query.decode("latin-1")
-        elif url == b"*":
-            path = url
-            env["QUERY_STRING"] = ""
-        else:
-            try:
-                parts = parse_url(url)  # absolute-form, as sent to proxies
-            except Exception:
-                raise HTTPError(400, "invalid request target %r" % raw[:100])
-            if not parts.schema or not parts.host:
-                raise HTTPError(400, "invalid request target %r" % raw[:100])
-            path = parts.path or b"/"
-            env["QUERY_STRING"] = (parts.query or b"").decode("latin-1")
-        # PEP 3333: PATH_INFO is the percent-decoded path as a latin-1 "bytes as str".
-        env["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
-
-    def on_body(self, data: bytes) -> None:
-        body = self._current.body
-        s = self.settings
-        if body.length is None and body.fed + len(data) > s.max_body_size:
-            raise HTTPError(413, "the body exceeds %d bytes" % s.max_body_size)
-        if body.feed(data):
-            self._pause_reading(_PAUSE_BODY)
-        self.deadline = monotonic() + s.read_timeout
-
-    def on_message_complete(self) -> None:
-        self._completed_in_feed += 1
-        self.transport.bufferSize = _READ_SIZE
-        current = self._current
-        if current is not None:
-            current.body.finish()
-            self._current = None
-            if self._held is current:
-                self._held = None
-                self._new.append(current)
-        self.phase = _APP
-        self.deadline = None
+        self.server.websockets.take_over(self.transport, env, self._reader.rest())
+        return True
 
     # -- dispatch and delivery --------------------------------------------------------
 
@@ -509,8 +395,6 @@ class HTTPSession(Protocol, Channel):
         self._new = []
         if not self._running:
             self._dispatch_next()
-        if len(self._pipeline) > self.settings.max_pipeline:
-            self._pause_reading(_PAUSE_PIPELINE)
 
     def _dispatch_next(self) -> None:
         """
@@ -555,23 +439,31 @@ class HTTPSession(Protocol, Channel):
             # lingering so that the client reads the response before our close hits it.
             self._close(linger=unread)
             return
-        if self._eof and not self.inflight:
-            self._close(linger=False)
-            return
         if self.inflight:
             self._dispatch_next()
-            if self._pauses & _PAUSE_PIPELINE and (
-                    len(self._pipeline) <= self.settings.max_pipeline // 2):
-                self._resume_reading(_PAUSE_PIPELINE)
-            return
-        if self._error is not None:
+        elif self._error is not None:
             self.transport.write(self._error)
             self._close(linger=True)
             return
-        self._resume_reading(_PAUSE_PIPELINE)
-        if self.phase == _APP:
-            self.phase = _IDLE
-            self.deadline = monotonic() + self.settings.idle_timeout
+        if self._pauses & _PAUSE_PIPELINE:
+            if len(self._pipeline) <= self.settings.max_pipeline // 2:
+                self._resume_reading(_PAUSE_PIPELINE)
+                self._read_events()  # the requests read but not yet parsed
+        elif not self.inflight:
+            self._set_phase()
+        if self._eof:
+            self._finish_eof()
+
+    def _finish_eof(self) -> None:
+        """After the client's half-close: close once every request read is answered."""
+        if self._stopped or self.inflight or self._new:
+            return
+        if self._reader.pending and not self._pauses:
+            self._read_events()
+            if self.inflight or self._new:
+                return
+        if self._error is None:
+            self._close(linger=False)
 
     # -- refusing and closing ---------------------------------------------------------
 
@@ -582,7 +474,6 @@ class HTTPSession(Protocol, Channel):
         else:
             log.info("refusing a request: {status} {reason}", status=status, reason=reason)
         self._stopped = True
-        self._env = None
         access = self.server.access
         if access is not None:
             access.refused(self._base["REMOTE_ADDR"], status)
@@ -619,7 +510,7 @@ class HTTPSession(Protocol, Channel):
             # Closing with unread input makes the kernel reset the connection, which can
             # destroy the response before the client reads it: send FIN, drain, then close.
             self.phase = _LINGER
-            self.deadline = monotonic() + self.settings.linger
+            self.deadline = self._now() + self.settings.linger
             if self._pauses:
                 self._pauses = 0
                 transport.resumeProducing()
@@ -638,5 +529,5 @@ class HTTPSession(Protocol, Channel):
             self._close(linger=False)
         elif phase == _LINGER:
             self.transport.abortConnection()
-        else:  # _HEAD or _BODY
+        elif phase in (_HEAD, _BODY):
             self._refuse(408, "request timed out")

@@ -1,0 +1,457 @@
+"""
+The HTTP/1 request reader: bytes in, events out.  No Twisted, no socket, no threads:
+everything about where one request ends and the next begins is decided here, and can be
+tested with bytes alone (h11's reader is the model).
+
+    reader = RequestReader(limits)
+    reader.feed(data)
+    while True:
+        event = reader.next_event()
+        if event is NEED_DATA: break
+        ...  # a Head, body bytes, END, or an HTTPError (the last event: a refusal)
+
+Framing is ours.  The end of a head is found here, within the head's limits counted
+from the first byte of *that* head, wherever in the stream it starts (after a body,
+after another request in the same read); the complete head is then checked and split
+into fields by llhttp (httptools) in one call, so no field is ever built piecewise.
+Bodies are cut here: Content-Length by counting, chunked by the RFC 9112 7.1 grammar
+(chunk extensions with their optional whitespace accepted, everything else refused).
+The caller pulls events at its own pace: a session whose pipeline is full stops pulling,
+and the unparsed bytes wait here, compact, instead of as queued exchanges.
+"""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+from typing import List, Optional, Tuple, Union
+
+from httptools import (
+    HttpParserCallbackError, HttpParserError, HttpParserInvalidMethodError,
+    HttpParserUpgrade, HttpRequestParser,
+)
+
+
+class HTTPError(Exception):
+    """A request the server refuses; ``status`` is the response code sent for it."""
+
+    def __init__(self, status: int, reason: str = "") -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason or HTTPStatus(status).phrase
+
+
+class Limits:
+    """The reader's bounds (a Settings object has the same attributes)."""
+
+    def __init__(self, max_request_line: int = 8192, max_header_bytes: int = 65536,
+                 max_headers: int = 100, max_body_size: int = 1 << 30) -> None:
+        self.max_request_line = max_request_line
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.max_body_size = max_body_size
+
+
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NEED_DATA = _Sentinel("NEED_DATA")  # nothing more until more bytes are fed
+END = _Sentinel("END")  # the current request (head and body) is complete
+
+Event = Union["Head", bytes, _Sentinel, HTTPError]
+
+
+class Head:
+    """A request head that passed every check: what the session turns into an exchange."""
+
+    __slots__ = ("method", "target", "http11", "headers", "keep_alive", "length",
+                 "chunked", "expect_continue", "upgrade")
+
+    def __init__(self, method: str, target: bytes, http11: bool,
+                 headers: List[Tuple[bytes, bytes]], keep_alive: bool,
+                 length: int, chunked: bool, expect_continue: bool, upgrade: bool) -> None:
+        self.method = method
+        self.target = target
+        self.http11 = http11
+        self.headers = headers  # (name, value) as sent; values without leading whitespace
+        self.keep_alive = keep_alive
+        self.length = length  # Content-Length; 0 when there is no body or it is chunked
+        self.chunked = chunked
+        self.expect_continue = expect_continue  # Expect: 100-continue, on a 1.1 request body
+        self.upgrade = upgrade  # Upgrade with "Connection: upgrade" (RFC 9110 7.8)
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or self.length > 0
+
+    def __repr__(self) -> str:
+        return "<Head %s %r>" % (self.method, self.target[:80])
+
+
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+# RFC 9112 3: method SP request-target SP HTTP-version CRLF, exactly.  Anything else is a
+# malformed request (400), where llhttp alone would call a stray token a method (501).
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e\x80-\xff]+) HTTP/([0-9])\.([0-9])\r\n")
+# RFC 9112 7.1.1: chunk-size [ chunk-ext ] CRLF, with BWS around ";" and "=" (RFC 9110
+# 5.6.3 says recipients must accept it).  CR, LF, NUL and other controls have no place.
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_CHUNK_LINE = re.compile(
+    rb"([0-9A-Fa-f]+)((?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|"
+    + _QUOTED + rb"))?)*)\r\n")
+# A trailer field line (RFC 9112 7.1.2): parsed to be skipped, checked as strictly as a header.
+_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*[\t\x20-\x7e\x80-\xff]*\r\n")
+# max_request_line bounds the target; the method and version around it get this much.
+_LINE_SLACK = 64
+# A chunk-size line longer than this is refused: a size and extensions nobody needs.
+MAX_CHUNK_LINE = 4096
+
+_METHODS: dict = {}  # bytes -> str, for the methods llhttp knows (a closed set)
+
+# Reader states.
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _DONE, _CLOSED = range(8)
+
+
+class _Fields:
+    """httptools callbacks for one complete head."""
+
+    __slots__ = ("limit", "url", "headers", "complete", "clean")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.url = b""
+        self.headers: List[Tuple[bytes, bytes]] = []
+        self.complete = False  # headers complete
+        self.clean = False  # the parser ended the message: it can read the next head
+
+    def reset(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.complete = self.clean = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url  # once per head: the head is fed whole
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self.headers
+        headers.append((name, value))
+        if len(headers) > self.limit:
+            raise HTTPError(431, "more than %d header fields" % self.limit)
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+    def on_message_complete(self) -> None:
+        self.clean = True
+
+
+class RequestReader:
+    """The request side of one HTTP/1.x connection, as a state machine over its bytes."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._buf: Union[bytes, bytearray] = b""
+        self._pos = 0  # bytes of _buf already consumed
+        self._scanned = 0  # the head's end was looked for up to here
+        self._state = _HEAD
+        self._remaining = 0  # of the Content-Length, or of the current chunk
+        self._body_size = 0  # of a chunked body so far
+        self._trailer_bytes = 0
+        self._trailers = 0
+        self._error: Optional[HTTPError] = None
+        self._keep_alive = True  # of the request being read
+        self._fields = _Fields(limits.max_headers)  # not clean: a parser is made for it
+        self._parser: Optional[HttpRequestParser] = None
+
+    # -- input ---------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """More bytes from the client."""
+        if not data or self._error is not None or self._state == _CLOSED:
+            return
+        buf = self._buf
+        if self._pos >= len(buf):
+            self._buf = data
+            self._scanned = 0
+        else:
+            # Unconsumed bytes remain (a head in pieces, a pipelined request not yet
+            # pulled): a bytearray grows in amortized constant time, so a head sent a
+            # byte at a time costs linear, not quadratic, copying.
+            if type(buf) is not bytearray:
+                buf = bytearray(memoryview(buf)[self._pos:])
+            elif self._pos:
+                del buf[:self._pos]
+            self._scanned -= self._pos
+            buf += data
+            self._buf = buf
+        self._pos = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes read and not yet turned into events."""
+        return len(self._buf) - self._pos
+
+    @property
+    def in_head(self) -> bool:
+        """Part of a request head has arrived (the head timeout runs)."""
+        return self._state == _HEAD and self._pos < len(self._buf)
+
+    @property
+    def in_body(self) -> bool:
+        return _LENGTH <= self._state <= _TRAILERS
+
+    def rest(self) -> bytes:
+        """The bytes after the last event (for a protocol that takes the connection over)."""
+        data = bytes(memoryview(self._buf)[self._pos:])
+        self._buf = b""
+        self._pos = 0
+        return data
+
+    # -- events --------------------------------------------------------------------
+
+    def next_event(self) -> Event:
+        if self._error is not None:
+            return self._error
+        try:
+            state = self._state
+            if state == _HEAD:
+                return self._head()
+            if state == _LENGTH:
+                return self._fixed()
+            if state == _CHUNK_DATA:
+                return self._chunk_data()
+            if state == _DONE:
+                return self._end()
+            if state == _CLOSED:
+                return NEED_DATA
+            return self._chunk_framing()
+        except HTTPError as e:
+            self._error = e
+            return e
+
+    def _head(self) -> Event:
+        buf = self._buf
+        pos = self._pos
+        size = len(buf)
+        # RFC 9112 2.2: empty lines before a request are ignored (the head timeout still
+        # runs for them: in_head).
+        while buf[pos:pos + 2] == b"\r\n":
+            pos += 2
+        self._pos = pos
+        if pos >= size:
+            return NEED_DATA
+        limits = self.limits
+        end = buf.find(b"\r\n\r\n", max(pos, self._scanned - 3))
+        if end < 0:
+            self._scanned = size
+            line_max = limits.max_request_line + _LINE_SLACK
+            line_end = buf.find(b"\n", pos, pos + line_max + 2)
+            if line_end < 0:
+                if size - pos > line_max + 1:
+                    raise HTTPError(414, "request target over %d bytes" % limits.max_request_line)
+            elif buf.find(b"\n\n", pos) >= 0 or buf.find(b"\n\r\n", pos) >= 0:
+                raise HTTPError(400, "a request head ended by a bare LF")
+            elif size - line_end > limits.max_header_bytes + 2:
+                raise HTTPError(431, "header fields over %d bytes" % limits.max_header_bytes)
+            return NEED_DATA
+        self._pos = end + 4
+        self._scanned = 0
+        return self._check(bytes(memoryview(buf)[pos:end + 4]))
+
+    def _check(self, head: bytes) -> Head:
+        """Every rule a complete head must pass; its Head."""
+        limits = self.limits
+        line_end = head.find(b"\r\n")
+        if line_end > limits.max_request_line + _LINE_SLACK:
+            raise HTTPError(414, "request target over %d bytes" % limits.max_request_line)
+        if len(head) - line_end - 4 > limits.max_header_bytes:
+            raise HTTPError(431, "header fields over %d bytes" % limits.max_header_bytes)
+        line = _REQUEST_LINE.match(head)
+        if line is None or line.end() != line_end + 2:
+            raise HTTPError(400, "malformed request line")
+        if len(line.group(2)) > limits.max_request_line:
+            raise HTTPError(414, "request target over %d bytes" % limits.max_request_line)
+        major, minor = line.group(3), line.group(4)
+        if major != b"1" or minor not in (b"0", b"1"):
+            raise HTTPError(505)
+        fields = self._fields
+        if fields.clean:
+            fields.reset()  # the parser ended its last message: it reads the next one
+        else:
+            fields = self._fields = _Fields(limits.max_headers)
+            self._parser = HttpRequestParser(fields)
+        parser = self._parser
+        try:
+            parser.feed_data(head)
+        except HttpParserUpgrade:
+            fields.clean = False  # llhttp stops for good after an upgrade
+        except HttpParserCallbackError as e:
+            if isinstance(e.__context__, HTTPError):
+                raise e.__context__ from None
+            raise
+        except HttpParserInvalidMethodError:
+            # A well-formed token that llhttp does not know: a method we do not implement.
+            raise HTTPError(501, "unknown method %r" % line.group(1)[:32].decode("latin-1"))
+        except HttpParserError as e:
+            raise HTTPError(400, str(e) or "malformed request head") from None
+        if not fields.complete:
+            raise HTTPError(400, "malformed request head")
+        raw = parser.get_method()
+        method = _METHODS.get(raw)
+        if method is None:
+            method = _METHODS[raw] = raw.decode("ascii")
+        http11 = minor == b"1"
+        target = fields.url
+        if method == "CONNECT":
+            raise HTTPError(501, "CONNECT is not supported")
+        if target == b"*":
+            if method != "OPTIONS":
+                raise HTTPError(400, "the asterisk form is for OPTIONS only")  # RFC 9112 3.2.4
+        elif b"#" in target:
+            raise HTTPError(400, "a fragment in the request target")  # RFC 9112 3.2
+        host = length = 0
+        te: List[bytes] = []
+        expect = None
+        connection: List[bytes] = []
+        upgrade = False
+        for name, value in fields.headers:
+            if len(name) == 4 and name.lower() == b"host":
+                host += 1
+            elif len(name) == 14 and name.lower() == b"content-length":
+                length = int(value)  # digits only, and one of them: llhttp checked
+            elif len(name) == 17 and name.lower() == b"transfer-encoding":
+                te.append(value)
+            elif len(name) == 6 and name.lower() == b"expect":
+                expect = value
+            elif len(name) == 10 and name.lower() == b"connection":
+                connection += [c.strip(b" \t").lower() for c in value.split(b",")]
+            elif len(name) == 7 and name.lower() == b"upgrade":
+                upgrade = True
+        if host > 1 or (http11 and not host):
+            raise HTTPError(400, "more than one Host header" if host else "missing Host header")
+        chunked = False
+        if te:
+            if not http11:
+                raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")  # RFC 9112 6.1
+            codings = [c.strip(b" \t").lower() for c in b",".join(te).split(b",")]
+            if codings[-1] != b"chunked" or b"chunked" in codings[:-1]:
+                raise HTTPError(400, "chunked is not the final transfer coding")
+            if len(codings) > 1:
+                raise HTTPError(501, "transfer coding %r is not supported"
+                                % codings[0][:32].decode("latin-1"))
+            chunked = True
+            length = 0
+        elif length > limits.max_body_size:
+            raise HTTPError(413, "the body exceeds %d bytes" % limits.max_body_size)
+        expect_continue = False
+        if expect is not None:
+            if expect.rstrip(b" \t").lower() != b"100-continue":
+                raise HTTPError(417)
+            expect_continue = http11 and (chunked or length > 0)
+        if chunked:
+            self._state = _CHUNK_SIZE
+            self._body_size = 0
+        elif length:
+            self._state = _LENGTH
+            self._remaining = length
+        else:
+            self._state = _DONE
+        # RFC 9112 9.3: 1.1 persists unless "close"; 1.0 only with "keep-alive".
+        keep_alive = b"close" not in connection and (http11 or b"keep-alive" in connection)
+        self._keep_alive = keep_alive
+        return Head(method, target, http11, fields.headers, keep_alive, length, chunked,
+                    expect_continue, upgrade and b"upgrade" in connection)
+
+    def _end(self) -> _Sentinel:
+        # After a request that ends its connection (Connection: close, HTTP/1.0 without
+        # keep-alive) nothing more is read: RFC 9112 9.6.
+        self._state = _HEAD if self._keep_alive else _CLOSED
+        return END
+
+    def _take(self, n: int) -> bytes:
+        """Up to ``n`` buffered bytes, as bytes (the whole read itself when it fits)."""
+        buf = self._buf
+        pos = self._pos
+        if pos == 0 and len(buf) <= n and type(buf) is bytes:
+            self._pos = len(buf)
+            return buf
+        end = min(len(buf), pos + n)
+        self._pos = end
+        return bytes(memoryview(buf)[pos:end])
+
+    def _fixed(self) -> Event:
+        if self._pos >= len(self._buf):
+            return NEED_DATA
+        data = self._take(self._remaining)
+        self._remaining -= len(data)
+        if not self._remaining:
+            self._state = _DONE
+        return data
+
+    def _chunk_data(self) -> Event:
+        if self._pos >= len(self._buf):
+            return NEED_DATA
+        data = self._take(self._remaining)
+        self._remaining -= len(data)
+        if not self._remaining:
+            self._state = _CHUNK_END
+        return data
+
+    def _chunk_framing(self) -> Event:
+        """Chunk-size lines, the CRLF after each chunk's data, and the trailer section."""
+        buf = self._buf
+        while True:
+            pos = self._pos
+            state = self._state
+            if state == _CHUNK_END:
+                if len(buf) - pos < 2:
+                    if buf[pos:pos + 1] not in (b"", b"\r"):
+                        raise HTTPError(400, "chunk data not followed by CRLF")
+                    return NEED_DATA
+                if buf[pos:pos + 2] != b"\r\n":
+                    raise HTTPError(400, "chunk data not followed by CRLF")
+                self._pos = pos + 2
+                self._state = _CHUNK_SIZE
+                continue
+            limit = MAX_CHUNK_LINE if state == _CHUNK_SIZE else (
+                self.limits.max_header_bytes - self._trailer_bytes + 2)
+            nl = buf.find(b"\n", pos, pos + limit)
+            if nl < 0:
+                if len(buf) - pos >= limit:
+                    if state == _CHUNK_SIZE:
+                        raise HTTPError(400, "chunk-size line over %d bytes" % MAX_CHUNK_LINE)
+                    raise HTTPError(431, "trailer fields over %d bytes"
+                                    % self.limits.max_header_bytes)
+                return NEED_DATA
+            self._pos = nl + 1
+            if state == _CHUNK_SIZE:
+                m = _CHUNK_LINE.fullmatch(buf, pos, nl + 1)
+                if m is None:
+                    raise HTTPError(400, "malformed chunk-size line")
+                size = int(m.group(1), 16)
+                if size:
+                    self._body_size += size
+                    if self._body_size > self.limits.max_body_size:
+                        raise HTTPError(413, "the body exceeds %d bytes"
+                                        % self.limits.max_body_size)
+                    self._remaining = size
+                    self._state = _CHUNK_DATA
+                    return self._chunk_data()
+                self._state = _TRAILERS
+                self._trailer_bytes = self._trailers = 0
+                continue
+            # The trailer section: field lines until an empty line, bounded as a head is.
+            if nl == pos + 1 and buf[pos] == 13:
+                return self._end()
+            if _FIELD_LINE.fullmatch(buf, pos, nl + 1) is None:
+                raise HTTPError(400, "malformed trailer field")
+            self._trailer_bytes += nl + 1 - pos
+            self._trailers += 1
+            if self._trailers > self.limits.max_headers:
+                raise HTTPError(431, "more than %d trailer fields" % self.limits.max_headers)

@@ -97,14 +97,20 @@ class ProxiedSession(HAProxyProtocolWrapper):
     Twisted's PROXY protocol wrapper, except that the session starts only once the header
     is read: the session takes REMOTE_ADDR from ``getPeer()`` in ``connectionMade``, and
     only then does ``getPeer()`` give the client's address instead of the proxy's.
+    Until then the connection is in ``Server.awaiting_header``, for the timeout sweep and
+    the drain.
     """
 
     _started = False
+    accepted = 0.0  # when the connection came (Server.now): the header is due from then
 
     def makeConnection(self, transport) -> None:
         directlyProvides(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
+        server = self.factory.server
+        self.accepted = server.now()
+        server.awaiting_header.add(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self._started:
@@ -118,12 +124,14 @@ class ProxiedSession(HAProxyProtocolWrapper):
             self.wrappedProtocol = session
         if self._proxyInfo is not None and not self.disconnecting:
             self._started = True
+            self.factory.server.awaiting_header.discard(self)
             session.makeConnection(self)
             if held.data:
                 session.dataReceived(b"".join(held.data))
 
     def connectionLost(self, reason) -> None:
         self.factory.unregisterProtocol(self)
+        self.factory.server.awaiting_header.discard(self)
         if self._started:
             self.wrappedProtocol.connectionLost(reason)
         self.wrappedProtocol = None
@@ -132,6 +140,10 @@ class ProxiedSession(HAProxyProtocolWrapper):
 class ProxiedFactory(WrappingFactory):
     protocol = ProxiedSession
     noisy = False
+
+    def __init__(self, server: "Server", wrappedFactory: Factory) -> None:
+        super().__init__(wrappedFactory)
+        self.server = server
 
 
 class Server(service.Service):
@@ -154,6 +166,8 @@ class Server(service.Service):
         self.settings = settings
         self.adopted = adopted
         self.sessions: Set[HTTPSession] = set()
+        # PROXY connections whose header is still to come (they have no session yet).
+        self.awaiting_header: Set[ProxiedSession] = set()
         self.handoff = Handoff(reactor, settings.output_buffer)
         self.pool = WorkerPool(app, settings.no_threads, self.handoff, settings.steal_after)
         self.websockets = Bridge(self)
@@ -188,7 +202,7 @@ class Server(service.Service):
             context = endpoints.serverFromString(self.reactor, inner)._sslContextFactory
             factory = TLSMemoryBIOFactory(context, False, factory)
         if proxied:
-            factory = ProxiedFactory(factory)
+            factory = ProxiedFactory(self, factory)
         return factory
 
     @defer.inlineCallbacks
@@ -229,6 +243,12 @@ class Server(service.Service):
         for session in list(self.sessions):
             if session.deadline is not None and now >= session.deadline:
                 session.check_timeout(now)
+        # The PROXY header is the first part of the request head: header_timeout holds
+        # for it too, from the connection's first moment.
+        overdue = now - self.settings.header_timeout
+        for proxied in list(self.awaiting_header):
+            if proxied.accepted <= overdue:
+                proxied.loseConnection()
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -245,6 +265,8 @@ class Server(service.Service):
             self._sweep.stop()
         for session in list(self.sessions):
             session.abort()
+        for proxied in list(self.awaiting_header):
+            proxied.abortConnection()
         self.pool.uninstall()
         # Workers still in the app past the grace period are not waited for (daemons).
         self.pool.stop(max(0.1, self._deadline - monotonic()))
@@ -263,7 +285,7 @@ class Server(service.Service):
     def _drain(self):
         """Until the deadline: close connections as they fall idle, wait for the others."""
         idle_timeout = self.settings.idle_timeout
-        while self.sessions:
+        while self.sessions or self.awaiting_header:
             now = monotonic()
             if now >= self._deadline:
                 log.warn("drain over: closing {n} connection(s) with requests in "
@@ -274,6 +296,10 @@ class Server(service.Service):
                         and session.deadline is not None
                         and now - (session.deadline - idle_timeout) >= DRAIN_IDLE):
                     session.transport.loseConnection()
+            # Still without its PROXY header: no request has begun, as on an idle session.
+            for proxied in list(self.awaiting_header):
+                if now - proxied.accepted >= DRAIN_IDLE:
+                    proxied.loseConnection()
             yield task.deferLater(self.reactor, 0.05, lambda: None)
 
 

@@ -1,15 +1,24 @@
 """
 A PROXY protocol connection that never sends its header falls under header_timeout and
-the drain.
+the drain; under twistd, the server processes' output reaches its log across SIGHUP
+reloads and the restarts after them, whatever the log level.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
+from typing import List
 
 import rawhttp
-from test_startup import LOCAL
+from conftest import ROOT, _env
+from test_proc import wait_gone
+from test_startup import LOCAL, free_port
 
 PROXY_V1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 80\r\n"
 
@@ -46,3 +55,78 @@ def test_sigterm_closes_a_connection_waiting_for_its_proxy_header(serve):
         assert server.wait_exit(5) == 0
         assert time.monotonic() - stopped < 4  # the drain did not wait its grace
     assert "drain over" not in server.output()
+
+
+# -- twistd: the server processes' output through the manager ----------------------------
+
+# This checkout's code, found through PYTHONPATH (test_startup.py runs twistd from an
+# installed copy, to test the install).
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def _log_text(log: Path) -> str:
+    return log.read_text() if log.exists() else ""
+
+
+def _wait_in_log(log: Path, pattern: str, count: int = 1, timeout: float = 20.0) -> List[str]:
+    """The matches of ``pattern`` in the log once there are ``count``; fails after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = re.findall(pattern, _log_text(log))
+        if len(found) >= count:
+            return found
+        assert time.monotonic() < deadline, "no %d x %r in the log:\n%s" % (
+            count, pattern, _log_text(log))
+        time.sleep(0.05)
+
+
+def _ready_pids(log: Path) -> List[int]:
+    return [int(p) for p in re.findall(r"server process \d+ ready \(pid (\d+)\)",
+                                       _log_text(log))]
+
+
+def _assert_relayed(log: Path, port: int, pid: int, tag: str) -> None:
+    """Process ``pid``'s "serving" line and its access log reach the log through the
+    manager."""
+    _wait_in_log(log, r"\[yimmo\.process\.\d+#info\] .*\(pid %d\) serving" % pid, timeout=5)
+    deadline = time.monotonic() + 10
+    for n in range(1000):  # fresh connections until one reaches that process
+        target = "/%s-%d" % (tag, n)
+        if rawhttp.get(port, target).body.split()[0] == str(pid).encode():
+            break
+        assert time.monotonic() < deadline, "process %d answered no request" % pid
+    _wait_in_log(log, r'\[yimmo\.process\.\d+#info\] .*"GET %s HTTP/1\.1" 200' % target,
+                 timeout=5)
+
+
+def test_twistd_daemon_logs_server_processes_after_reloads(tmp_path):
+    log, pidfile, port = tmp_path / "twistd.log", tmp_path / "twistd.pid", free_port()
+    subprocess.run(TWISTD + ["--pidfile", str(pidfile), "--logfile", str(log), "yimmo",
+                             "--app", "proc_apps:pid", "-p", "2", "--listen",
+                             "tcp:%d:interface=127.0.0.1" % port],
+                   env=_env(None), cwd=ROOT, check=True, timeout=30)
+    manager = None
+    everyone_gone = False
+    try:
+        _wait_in_log(log, r"server process \d ready", count=2)
+        manager = int(pidfile.read_text())
+
+        os.kill(manager, signal.SIGHUP)
+        _wait_in_log(log, r"reload done")
+        assert len(_ready_pids(log)) == 4
+        victim = _ready_pids(log)[-1]
+        os.kill(victim, signal.SIGKILL)  # the manager starts another in its place
+        _wait_in_log(log, r"server process \d ready", count=5)
+        _assert_relayed(log, port, _ready_pids(log)[-1], "after-crash")
+
+        os.kill(manager, signal.SIGHUP)
+        _wait_in_log(log, r"reload done", count=2)
+        for pid in _ready_pids(log)[-2:]:
+            _assert_relayed(log, port, pid, "after-reload")
+    finally:
+        if manager is None and pidfile.exists():
+            manager = int(pidfile.read_text())
+        if manager is not None:
+            os.kill(manager, signal.SIGTERM)
+            everyone_gone = wait_gone([manager] + _ready_pids(log), 15)
+    assert everyone_gone, "processes left behind:\n" + _log_text(log)

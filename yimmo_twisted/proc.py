@@ -242,7 +242,6 @@ class Manager(service.Service):
             log.info("reload done")
         finally:
             self.reloading = False
-        self.relay = False
 
     # -- stop ----------------------------------------------------------------------
 

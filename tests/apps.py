@@ -26,6 +26,8 @@ Routes of ``apps:app``:
     /close-count        JSON of close() counts per key (and of iterations started)
     /close-reset        resets the counts
     /headers            response headers from the query: /headers?X-A=1&X-B=2
+    /discard            reads the body in ?n=65536 byte pieces, sleeping ?delay=0 seconds
+                        after each, and answers how many bytes it read
 """
 
 from __future__ import annotations
@@ -239,6 +241,22 @@ def headers_app(environ, start_response):
     return _text(start_response, b"headers", headers=extra)
 
 
+def discard(environ, start_response):
+    q = _query(environ)
+    n = int(q.get("n", "65536"))
+    delay = float(q.get("delay", "0"))
+    stream = environ["wsgi.input"]
+    total = 0
+    while True:
+        data = stream.read(n)
+        if not data:
+            break
+        total += len(data)
+        if delay:
+            time.sleep(delay)
+    return _text(start_response, b"%d" % total)
+
+
 ROUTES = {
     "/": hello,
     "/env": environ_app,
@@ -258,6 +276,7 @@ ROUTES = {
     "/close-count": close_count,
     "/close-reset": close_reset,
     "/headers": headers_app,
+    "/discard": discard,
 }
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List
 
 import rawhttp
-from conftest import ROOT, _env
+from conftest import ROOT, ServerProcess, _env
 from test_proc import wait_gone
 from test_startup import LOCAL, free_port
 
@@ -130,3 +130,27 @@ def test_twistd_daemon_logs_server_processes_after_reloads(tmp_path):
             os.kill(manager, signal.SIGTERM)
             everyone_gone = wait_gone([manager] + _ready_pids(log), 15)
     assert everyone_gone, "processes left behind:\n" + _log_text(log)
+
+
+def test_relayed_access_log_ignores_log_level():
+    """log_level filters the server processes' events, not their access log (its own
+    setting, as with one process); relayed, the lines pass the manager unfiltered."""
+    port = free_port()
+    server = ServerProcess(TWISTD + ["-n", "--pidfile=", "yimmo", "--app", "proc_apps:pid",
+                                     "-p", "2", "--log-level", "WARNING", "--listen",
+                                     "tcp:%d:interface=127.0.0.1" % port], _env(None))
+    answered = set()
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                answered.add(int(rawhttp.get(port, "/relayed").body.split()[0]))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, server.output()
+                time.sleep(0.05)
+        server.wait_for_output(r'\[yimmo\.process\.\d+#info\] .*"GET /relayed HTTP/1\.1" 200')
+    finally:
+        server.stop()
+    assert "serving" not in server.output()  # the processes' info events: filtered
+    assert wait_gone(answered, 10)

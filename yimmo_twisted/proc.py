@@ -34,7 +34,7 @@ from twisted.internet import defer, endpoints
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
-from twisted.logger import LoggingFile, LogLevel
+from twisted.logger import Logger, LoggingFile, LogLevel
 from zope.interface import implementer
 
 from .config import Settings
@@ -63,7 +63,9 @@ class ServerProcess(ProcessProtocol):
         self.error = ""
         self._control = b""
         self._output: Dict[int, bytes] = {}
-        self._log = logger("yimmo.process.%d" % slot)
+        # Not through log_level's filter: the process has filtered its own events, and
+        # its access log and stderr are not log_level's to drop.
+        self._log = Logger(namespace="yimmo.process.%d" % slot)
         self.ended = defer.Deferred()
 
     def childDataReceived(self, fd: int, data: bytes) -> None:

@@ -9,57 +9,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from twisted.internet.testing import StringTransport
-
-from yimmo_twisted.config import Settings
-from yimmo_twisted.context import Context
-from yimmo_twisted.server import Server
-from yimmo_twisted.session import HTTPSession
+from harness import Harness
 
 pytestmark = pytest.mark.timeout(20)
-
-
-class ThreadReactor:
-    """Just what the server needs of a reactor here: callFromThread, run when pumped."""
-
-    def __init__(self):
-        self.calls = []
-
-    def callFromThread(self, fn, *args):
-        self.calls.append((fn, args))
-
-
-class Harness:
-    def __init__(self, app, **settings):
-        self.reactor = ThreadReactor()
-        self.app = app
-        self.server = Server(app, Settings(**settings), self.reactor)
-        self.transport = StringTransport()
-        self.session = HTTPSession(self.server)
-        self.session.makeConnection(self.transport)
-
-    def feed(self, data: bytes) -> bytes:
-        """Bytes from the client; returns the bytes written back since the last call."""
-        self.session.dataReceived(data)
-        self.run()
-        out = self.transport.value()
-        self.transport.clear()
-        return out
-
-    def run(self) -> None:
-        """Run queued exchanges and deliver their output until nothing is left."""
-        pool = self.server.pool
-        while True:
-            ran = False
-            for worker in pool.workers:
-                while worker.queue:
-                    Context(worker.queue.popleft(), pool.handoff.emit).run(self.app)
-                    ran = True
-            calls, self.reactor.calls = self.reactor.calls, []
-            for fn, args in calls:
-                fn(*args)
-            if not ran and not calls:
-                return
 
 
 def hello(environ, start_response):
@@ -190,10 +142,47 @@ def test_http10_closes_without_keep_alive_and_keeps_it_when_asked():
 
 def test_timeouts_by_phase():
     h = Harness(hello, idle_timeout=5, header_timeout=10)
-    s = h.session
-    s.check_timeout(s.deadline + 0.1)  # idle: closed quietly
-    assert h.transport.value() == b"" and h.transport.disconnecting
+    assert h.advance(4.9) == b"" and not h.transport.disconnecting
+    assert h.advance(0.2) == b"" and h.transport.disconnecting  # idle: closed quietly
+    h = Harness(hello, idle_timeout=5, header_timeout=10)
+    h.advance(4)
+    h.feed(b"GET / HTTP/1.1\r\nHo")  # the head's timer runs from its first byte
+    assert h.advance(9.9) == b""
+    assert statuses(h.advance(0.2)) == [408]
+
+
+def test_a_head_in_pieces_keeps_the_timer_of_its_first_byte():
     h = Harness(hello, header_timeout=10)
-    h.feed(b"GET / HTTP/1.1\r\nHo")
-    h.session.check_timeout(h.session.deadline + 0.1)  # a head that does not end: 408
-    assert statuses(h.transport.value()) == [408]
+    for piece in (b"GET / HTTP/1.1\r\n", b"Host: x\r\n", b"A: b\r\n"):
+        h.feed(piece)
+        h.advance(3)
+    assert statuses(h.advance(1.1)) == [408]
+
+
+def test_body_timer_is_the_clients_silence():
+    h = Harness(echo, read_timeout=5)
+    h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+    h.advance(4)
+    h.feed(b"def")  # each read starts the timer again
+    assert h.advance(4.9) == b""
+    assert statuses(h.advance(0.2)) == [408]
+
+
+def test_no_body_timer_while_the_server_has_paused_reading():
+    """The app reads slower than the client sends: reading pauses, and however long the
+    pause, the client is not timed out for it."""
+
+    def slow(environ, start_response):
+        data = environ["wsgi.input"].read(40)
+        start_response("200 OK", [])
+        return [b"%d" % len(data)]
+
+    h = Harness(slow, read_timeout=5, input_buffer=16)
+    h.session.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+                           + b"x" * 50)
+    assert h.transport.producerState == "paused"
+    h.clock.advance(60)
+    h.server._check_timeouts()
+    assert h.transport.value() == b""  # no 408 while paused
+    out = h.advance(0)  # now the app runs and answers
+    assert statuses(out) == [200] and out.endswith(b"\r\n\r\n40")

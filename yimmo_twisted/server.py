@@ -12,16 +12,15 @@ from time import monotonic
 from typing import Callable, List, Optional, Set, Tuple
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, task, tcp
+from twisted.internet import defer, endpoints, task
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
-# Twisted exports only proxyEndpoint; the session needs the wrapper itself (see below).
-from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.protocols.policies import WrappingFactory
 from zope.interface import directlyProvides, providedBy
 
-from . import __version__
+from . import __version__, compat
+from .compat import HAProxyProtocolWrapper
 from .config import Settings
 from .context import ErrorStream, FileWrapper
 from .exchange import SERVER_SOFTWARE
@@ -48,27 +47,6 @@ def split_endpoint(description: str) -> Tuple[bool, str]:
 
 def url_scheme(description: str) -> str:
     return "https" if split_endpoint(description)[1].startswith("ssl:") else "http"
-
-
-class _OneAcceptPerWakeUp:
-    """
-    For a listening socket that the other server processes accept on too.  Twisted
-    accepts up to ``numberAccepts`` connections per wake-up and raises it under load, so
-    one process would take a whole burst (wrk's 50 connections, a browser's 6) while the
-    other sleeps; one accept per wake-up lets every woken process take its share.
-    """
-
-    numberAccepts = property(lambda self: 1, lambda self, value: None)
-
-
-_shared_classes: dict = {}
-
-
-def _shared(cls: type) -> type:
-    """``cls`` (a Twisted port class) with one accept per wake-up."""
-    if cls not in _shared_classes:
-        _shared_classes[cls] = type("Shared" + cls.__name__, (_OneAcceptPerWakeUp, cls), {})
-    return _shared_classes[cls]
 
 
 class SessionFactory(Factory):
@@ -196,10 +174,9 @@ class Server(service.Service):
         factory: Factory = SessionFactory(self, base)
         proxied, inner = split_endpoint(description)
         if self.adopted is not None and inner.startswith("ssl:"):
-            # An adopted socket is plain TCP: TLS goes on here, with the endpoint's context
-            # (SSL4ServerEndpoint keeps it in _sslContextFactory).
+            # An adopted socket is plain TCP: TLS goes on here, with the endpoint's context.
             from twisted.protocols.tls import TLSMemoryBIOFactory
-            context = endpoints.serverFromString(self.reactor, inner)._sslContextFactory
+            context = compat.ssl_context_factory(inner)
             factory = TLSMemoryBIOFactory(context, False, factory)
         if proxied:
             factory = ProxiedFactory(self, factory)
@@ -213,6 +190,7 @@ class Server(service.Service):
         take_stop_signals(self.reactor, self.hurry,
                           (signal.SIGTERM,) if self.base_environ["wsgi.multiprocess"]
                           else (signal.SIGTERM, signal.SIGINT))
+        compat.check()
         self.pool.start()
         self.pool.install(self.reactor)
         if self.access is not None:
@@ -220,8 +198,7 @@ class Server(service.Service):
         if self.adopted is not None:
             for fd, family, description in self.adopted:
                 port = self.reactor.adoptStreamPort(fd, family, self._factory(description))
-                if isinstance(port, tcp.Port):  # TCP and Unix ports alike
-                    port.__class__ = _shared(type(port))
+                compat.one_accept_per_wake_up(port)
                 self.ports.append(port)
         else:
             for description in self.settings.endpoints():

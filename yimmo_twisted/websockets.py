@@ -45,9 +45,9 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
 from twisted.python.threadable import isInIOThread
 
+from .compat import websocket_data_received, writer
 from .exchange import CLOSE, RESUME, SERVER_SOFTWARE, ClientDisconnected, error_response
 from .logs import logger
-from .session import writer
 from .worker import Channel
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -337,8 +337,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
     # every call, logged or not: a tenth of the cost of a small message.  These two go
     # straight to the work (and write to plain TCP sockets directly, as HTTP sessions do).
 
-    def dataReceived(self, data: bytes) -> None:
-        self._dataReceived(data)
+    dataReceived = websocket_data_received()
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
         if sync or chopsize or self.send_queue or self.logOctets:

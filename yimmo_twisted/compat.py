@@ -1,0 +1,266 @@
+"""
+The private parts of Twisted and autobahn that the server relies on, in one place.
+
+Each one is worth its risk (the places that use them say why), but none is a promise of
+its library: a new release may rename or change it.  So each has a probe that checks,
+once and cheaply, that the API is there and behaves as relied on with the installed
+versions, and a public fallback for when it does not.  ``check`` runs the probes at
+start-up (Server.startService) and logs one warning naming what fell back.
+
+* ``writer``: writing to a plain TCP socket directly (tcp.Connection's buffers).
+* ``one_accept_per_wake_up``: a listening port's ``numberAccepts``.
+* ``HAProxyProtocolWrapper`` and its ``_proxyInfo`` (server.ProxiedSession).
+* ``websocket_data_received``: autobahn's ``_dataReceived``.
+* ``runs_do_iteration``: whether a reactor's loop calls ``doIteration``, the hook of the
+  worker pool (worker.WorkerPool.install; checked per reactor, when the pool installs).
+* ``ssl_context_factory``: the TLS context of an ``ssl:`` endpoint, by public API alone.
+"""
+
+from __future__ import annotations
+
+import socket
+from functools import lru_cache, partial
+from typing import Callable, List
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet import defer, endpoints, tcp
+from twisted.internet.base import ReactorBase
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.haproxy import proxyEndpoint
+
+from .logs import logger
+
+log = logger("yimmo.compat")
+
+
+class _NoReactor:
+    """Stands in for the reactor of the objects the probes build: they never run."""
+
+    def addWriter(self, writer) -> None:
+        pass
+
+    removeWriter = addWriter
+
+
+# -- writing to a TCP socket directly ----------------------------------------------------
+
+@lru_cache(maxsize=None)
+def direct_write_ok() -> bool:
+    """
+    tcp.Connection has the buffers ``write_direct`` tests, ``transport.write`` fills
+    them, and ``writeSomeData`` sends at once.
+    """
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    try:
+        conn = tcp.Connection(a, Protocol(), _NoReactor())
+        conn.connected = True
+        if not (conn._tempDataBuffer == [] and conn.dataBuffer == b"" and conn.offset == 0
+                and conn._writeDisconnecting is False and not conn.disconnecting):
+            return False
+        if conn.writeSomeData(b"probe") != 5 or b.recv(16) != b"probe":
+            return False
+        conn.write(b"queued")
+        return conn._tempDataBuffer == [b"queued"]
+    except Exception:
+        return False
+    finally:
+        a.close()
+        b.close()
+
+
+def write_direct(transport: tcp.Connection, data: bytes) -> None:
+    """
+    Send at once when the transport has nothing buffered.  Going through
+    transport.write would cost two epoll_ctl calls and a reactor iteration per
+    response (register for writability, send, unregister), each syscall a point
+    where a worker takes the GIL from the reactor.
+    """
+    t = transport
+    if (t._tempDataBuffer or len(t.dataBuffer) > t.offset or t.disconnecting
+            or t._writeDisconnecting or not t.connected):
+        t.write(data)
+        return
+    sent = t.writeSomeData(data)
+    if type(sent) is not int:
+        t.write(data)  # an error: let the transport find and report it
+    elif sent < len(data):
+        t.write(data[sent:])
+
+
+def writer(transport) -> Callable[[bytes], None]:
+    """How to write to ``transport``: directly for plain TCP (see write_direct)."""
+    if isinstance(transport, tcp.Connection) and direct_write_ok():
+        return partial(write_direct, transport)
+    return transport.write
+
+
+# -- one accept per wake-up on a shared listening socket ---------------------------------
+
+class _OneAcceptPerWakeUp:
+    """
+    For a listening socket that the other server processes accept on too.  Twisted
+    accepts up to ``numberAccepts`` connections per wake-up and raises it under load, so
+    one process would take a whole burst (wrk's 50 connections, a browser's 6) while the
+    other sleeps; one accept per wake-up lets every woken process take its share.
+    """
+
+    numberAccepts = property(lambda self: 1, lambda self, value: None)
+
+
+_shared_classes: dict = {}
+
+
+def _shared(cls: type) -> type:
+    """``cls`` (a Twisted port class) with one accept per wake-up."""
+    if cls not in _shared_classes:
+        _shared_classes[cls] = type("Shared" + cls.__name__, (_OneAcceptPerWakeUp, cls), {})
+    return _shared_classes[cls]
+
+
+@lru_cache(maxsize=None)
+def accept_limit_ok() -> bool:
+    """tcp.Port's accept loop takes its length from ``numberAccepts``, which we can pin."""
+    try:
+        if "numberAccepts" not in tcp.Port.doRead.__code__.co_names:
+            return False
+        port = tcp.Port(0, Factory(), reactor=_NoReactor())
+        port.__class__ = _shared(type(port))
+        port.numberAccepts = 100  # what startListening and doRead assign
+        return port.numberAccepts == 1
+    except Exception:
+        return False
+
+
+def one_accept_per_wake_up(port) -> None:
+    """Make a TCP or Unix listening ``port`` accept one connection per wake-up (if it can)."""
+    if isinstance(port, tcp.Port) and accept_limit_ok():
+        port.__class__ = _shared(type(port))
+
+
+# -- the PROXY protocol ------------------------------------------------------------------
+
+def _proxy_wrapper_class() -> type:
+    """
+    Twisted's PROXY protocol wrapper.  Its module exports only ``proxyEndpoint``; the
+    class is what that endpoint wraps each connection in (its factory's ``protocol``).
+    """
+    factories: list = []
+
+    class Endpoint:
+        def listen(self, factory):
+            factories.append(factory)
+            return defer.succeed(None)
+
+    proxyEndpoint(Endpoint()).listen(Factory())
+    return factories[0].protocol
+
+
+HAProxyProtocolWrapper = _proxy_wrapper_class()
+
+_PROXY_V1 = b"PROXY TCP4 192.0.2.1 192.0.2.2 1111 2222\r\n"
+
+
+@lru_cache(maxsize=None)
+def proxy_info_ok() -> bool:
+    """The wrapper's ``_proxyInfo`` is None until the header is read, then set."""
+    try:
+        wrapper = HAProxyProtocolWrapper(Factory(), Protocol())
+        if wrapper._proxyInfo is not None:
+            return False
+        wrapper.dataReceived(_PROXY_V1[:20])
+        if wrapper._proxyInfo is not None:
+            return False
+        wrapper.dataReceived(_PROXY_V1[20:])
+        return wrapper._proxyInfo is not None and wrapper.getPeer().host == "192.0.2.1"
+    except Exception:
+        return False
+
+
+# -- autobahn ----------------------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def autobahn_receive_ok() -> bool:
+    """autobahn's Twisted dataReceived only logs and hands the bytes to ``_dataReceived``."""
+    try:
+        return (callable(WebSocketServerProtocol._dataReceived) and "_dataReceived"
+                in WebSocketServerProtocol.dataReceived.__code__.co_names)
+    except AttributeError:
+        return False
+
+
+def websocket_data_received() -> Callable:
+    """
+    The dataReceived of our WebSocket protocol: autobahn's ``_dataReceived``, which
+    skips the debug line autobahn's public one formats on every call, logged or not (a
+    tenth of the cost of a small message); else the public one.
+    """
+    if autobahn_receive_ok():
+        return WebSocketServerProtocol._dataReceived
+    return WebSocketServerProtocol.dataReceived
+
+
+# -- the reactor's iteration -------------------------------------------------------------
+
+def runs_do_iteration(reactor) -> bool:
+    """
+    ``reactor`` runs Twisted's own main loop, which calls ``doIteration`` once per turn
+    with the time it may sleep (select, poll, epoll).  Reactors run by another loop
+    (asyncio's, GLib's) override ``run`` and never call it.
+    """
+    cls = type(reactor)
+    return (getattr(cls, "run", None) is ReactorBase.run
+            and getattr(cls, "mainLoop", None) is ReactorBase.mainLoop
+            and "doIteration" in ReactorBase.mainLoop.__code__.co_names
+            and callable(getattr(cls, "doIteration", None))
+            and cls.doIteration is not ReactorBase.doIteration)  # that one raises
+
+
+# -- TLS on an adopted socket ------------------------------------------------------------
+
+class _ListenSSL:
+    """Takes the ``listenSSL`` call of an ssl: endpoint, to keep its context factory."""
+
+    context = None
+
+    def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
+        self.context = contextFactory
+
+
+def ssl_context_factory(description: str):
+    """
+    The TLS context factory of the ``ssl:`` endpoint ``description``, for a socket that
+    is already listening (adopted).  An SSL4ServerEndpoint hands it to its reactor's
+    listenSSL, which is public; the attribute it keeps it in is not.
+    """
+    capture = _ListenSSL()
+    listening = endpoints.serverFromString(capture, description).listen(Factory())
+    listening.addErrback(lambda failure: None)  # no context: raised below
+    if capture.context is None:
+        raise ValueError("cannot find the TLS context of %r" % description)
+    return capture.context
+
+
+# -- at start-up -------------------------------------------------------------------------
+
+PROBES = (
+    ("direct writes to TCP sockets (tcp.Connection buffers): transport.write instead",
+     direct_write_ok),
+    ("one accept per wake-up on shared sockets (tcp.Port.numberAccepts): Twisted's "
+     "accept loop instead", accept_limit_ok),
+    ("the PROXY header state (HAProxyProtocolWrapper._proxyInfo): haproxy: endpoints "
+     "cannot work", proxy_info_ok),
+    ("autobahn's _dataReceived: its dataReceived instead", autobahn_receive_ok),
+)
+
+
+def check() -> List[str]:
+    """Run every probe (once per process); warn of those that fail.  Their names."""
+    failed = [name for name, probe in PROBES if not probe()]
+    if failed:
+        import autobahn
+        import twisted
+        log.warn("on Twisted {twisted} and autobahn {autobahn}, private APIs are not as "
+                 "expected; falling back for: {failed}", twisted=twisted.__version__,
+                 autobahn=autobahn.__version__, failed="; ".join(failed))
+    return failed

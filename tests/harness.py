@@ -47,12 +47,19 @@ class Harness:
         return out
 
     def run(self) -> None:
-        """Run queued exchanges and deliver their output until nothing is left."""
+        """
+        Run queued exchanges and deliver their output until nothing is left.  An exchange
+        runs once its whole body is in (or has failed): the app runs on this thread, so
+        it must never wait for bytes the test has yet to feed.
+        """
         pool = self.server.pool
         while True:
             ran = False
             for worker in pool.workers:
                 while worker.queue:
+                    body = worker.queue[0].body
+                    if body is not None and not body.complete and body.error is None:
+                        break
                     Context(worker.queue.popleft(), pool.handoff.emit).run(self.app)
                     ran = True
             calls, self.reactor.calls = self.reactor.calls, []

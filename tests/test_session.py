@@ -184,5 +184,57 @@ def test_no_body_timer_while_the_server_has_paused_reading():
     h.clock.advance(60)
     h.server._check_timeouts()
     assert h.transport.value() == b""  # no 408 while paused
-    out = h.advance(0)  # now the app runs and answers
+    out = h.feed(b"x" * 50)  # the body is all in: the app runs and answers
     assert statuses(out) == [200] and out.endswith(b"\r\n\r\n40")
+
+
+LIMITS = {
+    # setting, its value, a request over it, the status it gets
+    "target": ({"max_request_line": 64},
+               b"GET /" + b"a" * 100 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    "header bytes": ({"max_header_bytes": 256},
+                     b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"v" * 300 + b"\r\n\r\n", 431),
+    "header count": ({"max_headers": 5},
+                     b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X: 1\r\n" * 5 + b"\r\n", 431),
+    "body length": ({"max_body_size": 10},
+                    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n" + b"b" * 11,
+                    413),
+    "chunked body": ({"max_body_size": 10},
+                     b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"6\r\nbbbbbb\r\n5\r\nbbbbb\r\n0\r\n\r\n", 413),
+    "trailers": ({"max_header_bytes": 256},
+                 b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"1\r\nb\r\n0\r\nX: " + b"v" * 300 + b"\r\n\r\n", 431),
+}
+OK = b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"
+CONTINUED = b"POST /c HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+
+
+@pytest.mark.parametrize("where", ["first", "pipelined", "after-keep-alive",
+                                   "after-100-continue", "after-body-same-read"])
+@pytest.mark.parametrize("limit", sorted(LIMITS))
+def test_limits_everywhere(limit, where):
+    """Each limit holds for the first request, a pipelined one, one after keep-alive,
+    one after a 100-continue, and one that starts in the read that ended a body."""
+    settings, over, status = LIMITS[limit]
+    h = Harness(echo, **settings)
+    if where == "first":
+        out = h.feed(over)
+    elif where == "pipelined":
+        out = h.feed(OK + over)
+    elif where == "after-keep-alive":
+        out = h.feed(OK)
+        assert statuses(out) == [200]
+        out += h.feed(over)
+    elif where == "after-100-continue":
+        out = h.feed(CONTINUED)
+        out += h.feed(b"hello")
+        assert b"100 Continue" in out and out.endswith(b"hello")
+        out += h.feed(over)
+    else:
+        out = h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n")
+        out += h.feed(b"abc" + over)
+    codes = [c for c in statuses(out) if c != 100]
+    assert codes[-1] == status, out
+    assert all(c == 200 for c in codes[:-1]), out
+    assert h.transport.disconnecting

@@ -18,18 +18,17 @@ processed, and the connection closes.
 from __future__ import annotations
 
 from collections import deque
-from functools import partial
-from typing import TYPE_CHECKING, Callable, List, Optional
+from typing import TYPE_CHECKING, List, Optional
 from urllib.parse import unquote_to_bytes
 
 from httptools import parse_url
-from twisted.internet import tcp
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .compat import writer
 from .exchange import (
     ABORT, CLOSE, RESUME, ClientDisconnected, Exchange, HTTPError, RequestBody,
     error_response,
@@ -119,32 +118,6 @@ def environ_target(env: dict, target: bytes) -> None:
     env["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
 
 
-def write_direct(transport: tcp.Connection, data: bytes) -> None:
-    """
-    Send at once when the transport has nothing buffered.  Going through
-    transport.write would cost two epoll_ctl calls and a reactor iteration per
-    response (register for writability, send, unregister), each syscall a point
-    where a worker takes the GIL from the reactor.
-    """
-    t = transport
-    if (t._tempDataBuffer or len(t.dataBuffer) > t.offset or t.disconnecting
-            or t._writeDisconnecting or not t.connected):
-        t.write(data)
-        return
-    sent = t.writeSomeData(data)
-    if type(sent) is not int:
-        t.write(data)  # an error: let the transport find and report it
-    elif sent < len(data):
-        t.write(data[sent:])
-
-
-def writer(transport) -> Callable[[bytes], None]:
-    """How to write to ``transport``: directly for plain TCP (see write_direct)."""
-    if isinstance(transport, tcp.Connection):
-        return partial(write_direct, transport)
-    return transport.write
-
-
 @implementer(IHalfCloseableProtocol)
 class HTTPSession(Protocol, Channel):
     """One connection; its Channel is where the worker running its exchange writes."""
@@ -180,7 +153,7 @@ class HTTPSession(Protocol, Channel):
         transport = self.transport
         transport.registerProducer(self, True)
         # Plain TCP: responses go straight to the socket when nothing is buffered (see
-        # write_direct).  TLS and other transports use transport.write.
+        # compat.write_direct).  TLS and other transports use transport.write.
         self._write = writer(transport)
         self._base = base = self._base_environ.copy()
         peer = transport.getPeer()

@@ -14,10 +14,11 @@ from typing import Callable, List, Optional, Set, Tuple
 from twisted.application import service
 from twisted.internet import defer, endpoints, task
 from twisted.internet.error import ReactorNotRunning
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.protocols.policies import WrappingFactory
-from zope.interface import directlyProvides, providedBy
+from zope.interface import directlyProvides, implementer, providedBy
 
 from . import __version__, compat
 from .compat import HAProxyProtocolWrapper
@@ -37,6 +38,9 @@ PROXY_PREFIX = "haproxy:"
 # (a fresh connection gets this long for its first request to arrive).
 DRAIN_IDLE = 0.25
 
+# What TLS's ALPN may select, preferred first (HTTP/2, once served, goes in front).
+ALPN_PROTOCOLS = (b"http/1.1",)
+
 
 def split_endpoint(description: str) -> Tuple[bool, str]:
     """(PROXY protocol?, the endpoint beneath): ``haproxy:tcp:80`` -> (True, ``tcp:80``)."""
@@ -49,7 +53,19 @@ def url_scheme(description: str) -> str:
     return "https" if split_endpoint(description)[1].startswith("ssl:") else "http"
 
 
-class SessionFactory(Factory):
+@implementer(IProtocolNegotiationFactory)
+class _SpeaksHTTP:
+    """
+    For ALPN: Twisted's TLS asks the factory it wraps for the protocols it may select (a
+    SessionFactory, or a ProxiedFactory on ``haproxy:ssl:``), and fails the handshake of
+    every client that offers ALPN when that factory names none.
+    """
+
+    def acceptableProtocols(self) -> List[bytes]:
+        return list(ALPN_PROTOCOLS)
+
+
+class SessionFactory(_SpeaksHTTP, Factory):
     noisy = False
 
     def __init__(self, server: "Server", base_environ: dict) -> None:
@@ -115,7 +131,7 @@ class ProxiedSession(HAProxyProtocolWrapper):
         self.wrappedProtocol = None
 
 
-class ProxiedFactory(WrappingFactory):
+class ProxiedFactory(_SpeaksHTTP, WrappingFactory):
     protocol = ProxiedSession
     noisy = False
 

@@ -1,20 +1,26 @@
 """
 Listening sockets: TLS with and without ALPN on every way TLS is set up (``--tls-cert``,
-``ssl:`` endpoints, sockets adopted by server processes, ``haproxy:ssl:``).
+``ssl:`` endpoints, sockets adopted by server processes, ``haproxy:ssl:``), and the
+listen backlog, read back from the kernel.
 """
 
 from __future__ import annotations
 
+import os
+import selectors
 import shutil
 import socket
 import ssl
+import stat
 import subprocess
-from typing import List, Optional
+import time
+from typing import Dict, List, Optional
 
 import pytest
 
 import rawhttp
-from test_startup import _over, certificate  # noqa: F401 (certificate: a fixture)
+# certificate: a fixture, found here by pytest once imported.
+from test_startup import _over, certificate, free_port, write_yaml  # noqa: F401
 
 LOCAL = "127.0.0.1"
 
@@ -79,3 +85,113 @@ def test_alpn_behind_proxy_protocol(serve, certificate):
     header = b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 80\r\n"
     protocol, r = _tls_exchange(server.port, ["h2", "http/1.1"], header)
     assert (protocol, r.status) == ("http/1.1", 200)
+
+
+# -- backlog -------------------------------------------------------------------------------
+
+def _backlogs() -> Dict[str, int]:
+    """The backlog of every listening TCP and Unix socket by local address: ``ss`` shows it
+    as Send-Q (/proc/net/tcp does not)."""
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.skip("needs ss (iproute2)")
+    out = subprocess.run([ss, "-lnH", "-A", "tcp,unix_stream"], capture_output=True,
+                         text=True, timeout=10, check=True).stdout
+    # Netid State Recv-Q Send-Q Local-Address ...
+    return {row[4]: int(row[3]) for row in map(str.split, out.splitlines()) if len(row) > 4}
+
+
+def _somaxconn() -> int:
+    with open("/proc/sys/net/core/somaxconn") as f:
+        return int(f.read())
+
+
+@pytest.mark.parametrize("no_proc", ["1", "2"])
+def test_backlog_on_every_endpoint_type(serve, certificate, tmp_path, no_proc):
+    """--backlog on tcp:, unix:, haproxy: and ssl: endpoints (several processes: the
+    manager's sockets, which the server processes listen on again if Unix sockets),
+    unless the endpoint names its own; a Unix socket keeps its mode too."""
+    cert, key = certificate
+    proxied, tls, own = free_port(), free_port(), free_port()
+    path = str(tmp_path / "yimmo.sock")
+    server = serve("apps:hello", "--backlog", "7", "-p", no_proc,
+                   "--listen", "unix:%s:mode=600" % path,
+                   "--listen", "haproxy:tcp:%d:interface=%s" % (proxied, LOCAL),
+                   "--listen", _ssl_endpoint(cert, key).replace("ssl:0:", "ssl:%d:" % tls),
+                   "--listen", "tcp:%d:interface=%s:backlog=5" % (own, LOCAL))
+    server.wait_for_output("listening on tcp %s:%d" % (LOCAL, own))
+    backlogs = _backlogs()
+    assert [backlogs.get("%s:%d" % (LOCAL, port)) for port in (server.port, proxied, tls)] \
+        == [7, 7, 7]
+    assert (backlogs.get(path), backlogs.get("%s:%d" % (LOCAL, own))) == (7, 5)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+@pytest.mark.parametrize("how", ["default", "env", "yaml", "port"])
+def test_backlog_sources(serve, tmp_path, how):
+    """2048 by default (as far as net.core.somaxconn allows); YIMMO_WSGI_BACKLOG,
+    wsgi.backlog; applied to --port too."""
+    args, env, expected = [], {}, 11
+    if how == "env":
+        env["YIMMO_WSGI_BACKLOG"] = "11"
+    elif how == "yaml":
+        args = ["-c", write_yaml(tmp_path, "wsgi: {backlog: 11}\n")]
+    elif how == "port":
+        args = ["-P", "0", "--backlog", "11"]
+    else:
+        expected = min(2048, _somaxconn())
+    server = serve("apps:hello", *args, env=env, listen=how != "port")
+    host = "0.0.0.0" if how == "port" else LOCAL
+    assert _backlogs().get("%s:%d" % (host, server.port)) == expected
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--backlog", "0"], {}, "invalid backlog '0' (option --backlog): must be at least 1"),
+    ([], {"YIMMO_WSGI_BACKLOG": "many"}, "invalid backlog 'many' (environment variable "
+     "YIMMO_WSGI_BACKLOG): expected a whole number"),
+])
+def test_bad_backlog(serve, args, env, message):
+    server = serve("apps:hello", *args, env=env, wait=False)
+    assert server.wait_exit() != 0
+    assert server.output().strip() == "yimmo-wsgi: error: " + message
+
+
+def test_connect_burst_needs_no_syn_retransmit(serve):
+    """600 connections at once: with a backlog of 50 some SYNs were dropped, and their
+    clients connected only after the 1 s SYN retransmit; all must be served."""
+    server = serve("apps:hello")
+    request = rawhttp.request(headers={"Connection": "close"})
+    sel = selectors.DefaultSelector()
+    start = time.monotonic()
+    for _ in range(600):
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex((LOCAL, server.port))
+        sel.register(sock, selectors.EVENT_WRITE, b"")
+    connected = served = 0
+    slowest = 0.0
+    try:
+        while (connected < 600 or served < 600) and time.monotonic() - start < 10:
+            for key, _ in sel.select(0.1):
+                sock = key.fileobj
+                if key.events == selectors.EVENT_WRITE:
+                    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+                    connected += 1
+                    slowest = time.monotonic() - start
+                    sock.send(request)
+                    sel.modify(sock, selectors.EVENT_READ, b"")
+                    continue
+                data = sock.recv(65536)
+                if data:
+                    sel.modify(sock, selectors.EVENT_READ, key.data + data)
+                    continue
+                assert key.data.startswith(b"HTTP/1.1 200 "), key.data
+                served += 1
+                sel.unregister(sock)
+                sock.close()
+    finally:
+        for key in list(sel.get_map().values()):
+            key.fileobj.close()
+        sel.close()
+    assert (connected, served) == (600, 600)
+    assert slowest < 1.0, "the last connection took %.2f s" % slowest

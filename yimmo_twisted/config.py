@@ -17,6 +17,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+PROXY_PREFIX = "haproxy:"
+# Endpoint types that listen with a ``backlog=`` (systemd's sockets come listening).
+BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
+
 LOG_LEVELS = ("FATAL", "ERROR", "WARNING", "NOTICE", "INFO", "DEBUG", "TRACE")
 ACCESS_LOG_FORMATS = ("combined", "json", "off")
 
@@ -176,6 +180,9 @@ OPTIONS = (
            "haproxy:... (repeatable; replaces --port)", "ENDPOINT", repeat=True),
     Option("port", _port, "YIMMO_WSGI_PORT", ("-P", "--port"), _w("port"),
            "TCP port to listen on, all interfaces (used when no --listen is given)"),
+    Option("backlog", _positive_int, "YIMMO_WSGI_BACKLOG", ("--backlog",), _w("backlog"),
+           "connections the kernel queues on each listening socket until they are accepted "
+           "(capped by net.core.somaxconn; an endpoint's own backlog= wins)"),
     Option("no_proc", _positive_int, "YIMMO_WSGI_NO_PROC", ("-p", "--no-proc"), _w("no_proc"),
            "server processes; above 1 a manager process shares the sockets among them"),
     Option("no_threads", _positive_int, "YIMMO_WSGI_NO_THREADS", ("-t", "--no-threads"),
@@ -265,6 +272,9 @@ class Settings:
     app: Optional[str] = None  # MODULE:EXPR, or EXPR with ``module``
     listen: List[str] = field(default_factory=list)  # Twisted endpoint strings
     port: int = 8081  # as yimmo-wsgi
+    # gunicorn's: Twisted's 50 overflows in a burst of connections, which then wait for
+    # the 1 s SYN retransmit.
+    backlog: int = 2048
     no_proc: int = 1
     no_threads: int = 4
     log_level: str = "INFO"
@@ -309,13 +319,18 @@ class Settings:
         return self.app
 
     def endpoints(self) -> List[str]:
-        """The endpoint strings to listen on: ``listen``, else ``port`` (TLS if configured)."""
+        """
+        The endpoint strings to listen on: ``listen``, else ``port`` (TLS if configured),
+        with the ``backlog`` setting where it applies and the string names none.
+        """
         if self.listen:
-            return list(self.listen)
-        if self.tls:
-            return ["ssl:%d:privateKey=%s:certKey=%s"
-                    % (self.port, _quote(self.tls_key), _quote(self.tls_cert))]
-        return ["tcp:%d" % self.port]
+            descriptions = list(self.listen)
+        elif self.tls:
+            descriptions = ["ssl:%d:privateKey=%s:certKey=%s"
+                            % (self.port, _quote(self.tls_key), _quote(self.tls_cert))]
+        else:
+            descriptions = ["tcp:%d" % self.port]
+        return [_with_backlog(d, self.backlog) for d in descriptions]
 
     def set(self, name: str, raw: Any, source: str) -> None:
         """Parse and set one raw value; ``source`` says where it came from, for errors."""
@@ -334,6 +349,23 @@ class Settings:
 
 def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def split_endpoint(description: str) -> Tuple[bool, str]:
+    """(PROXY protocol?, the endpoint beneath): ``haproxy:tcp:80`` -> (True, ``tcp:80``)."""
+    if description.startswith(PROXY_PREFIX):
+        return True, description[len(PROXY_PREFIX):]
+    return False, description
+
+
+def _with_backlog(description: str, backlog: int) -> str:
+    # Twisted's own tokenizer of endpoint strings: escapes read as serverFromString reads them.
+    from twisted.internet.endpoints import _parse
+
+    args, keywords = _parse(split_endpoint(description)[1])
+    if not args or args[0] not in BACKLOG_TYPES or "backlog" in keywords:
+        return description
+    return "%s:backlog=%d" % (description, backlog)
 
 
 # -- the three sources -------------------------------------------------------------------

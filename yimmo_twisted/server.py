@@ -8,11 +8,12 @@ in each server process of the manager, see proc.py).
 from __future__ import annotations
 
 import signal
+import socket
 from time import monotonic
 from typing import Callable, List, Optional, Set, Tuple
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, endpoints, task, unix
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
@@ -22,7 +23,7 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from . import __version__, compat
 from .compat import HAProxyProtocolWrapper
-from .config import Settings
+from .config import Settings, split_endpoint
 from .context import ErrorStream, FileWrapper
 from .exchange import SERVER_SOFTWARE
 from .logs import AccessLog, logger
@@ -32,21 +33,12 @@ from .worker import Handoff, WorkerPool
 
 log = logger("yimmo.server")
 
-PROXY_PREFIX = "haproxy:"
-
 # During a drain, a connection idle this long is closed: its client is between requests
 # (a fresh connection gets this long for its first request to arrive).
 DRAIN_IDLE = 0.25
 
 # What TLS's ALPN may select, preferred first (HTTP/2, once served, goes in front).
 ALPN_PROTOCOLS = (b"http/1.1",)
-
-
-def split_endpoint(description: str) -> Tuple[bool, str]:
-    """(PROXY protocol?, the endpoint beneath): ``haproxy:tcp:80`` -> (True, ``tcp:80``)."""
-    if description.startswith(PROXY_PREFIX):
-        return True, description[len(PROXY_PREFIX):]
-    return False, description
 
 
 def url_scheme(description: str) -> str:
@@ -198,6 +190,19 @@ class Server(service.Service):
             factory = ProxiedFactory(self, factory)
         return factory
 
+    def _adopt(self, fd: int, family: int, description: str):
+        """The port of a listening socket inherited from the manager."""
+        factory = self._factory(description)
+        if family != socket.AF_UNIX:
+            return self.reactor.adoptStreamPort(fd, family, factory)
+        # Twisted's adopted Unix port listens and chmods again, with its defaults (backlog
+        # 50, mode 0666): it gets the endpoint's before it starts instead.
+        endpoint = endpoints.serverFromString(self.reactor, split_endpoint(description)[1])
+        port = unix.Port._fromListeningDescriptor(self.reactor, fd, factory)
+        port.backlog, port.mode = endpoint._backlog, endpoint._mode
+        port.startListening()
+        return port
+
     @defer.inlineCallbacks
     def startService(self):
         service.Service.startService(self)
@@ -213,7 +218,7 @@ class Server(service.Service):
             self.access.start()
         if self.adopted is not None:
             for fd, family, description in self.adopted:
-                port = self.reactor.adoptStreamPort(fd, family, self._factory(description))
+                port = self._adopt(fd, family, description)
                 compat.one_accept_per_wake_up(port)
                 self.ports.append(port)
         else:

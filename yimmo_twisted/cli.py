@@ -9,7 +9,7 @@ import sys
 from typing import List, Optional
 
 from . import __version__
-from .config import OPTIONS, ConfigError, Settings, build
+from .config import OPTIONS, ConfigError, Settings, build, help_text
 from .logs import logger, start_logging
 from .util import AppError
 
@@ -25,16 +25,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="?", metavar="WSGI_MODULE:WSGI_APP",
                    help='the application: module:name or module:factory("arg") '
                         "(env YIMMO_WSGI_MODULE and YIMMO_WSGI_APP)")
-    defaults = Settings()
     for option in OPTIONS:
         if not option.flags or option.name == "app":
             continue  # the application is the positional argument
-        default = getattr(defaults, option.name)
         p.add_argument(*option.flags, dest=option.name, metavar=option.metavar,
                        action="append" if option.repeat else "store", default=None,
-                       help="%s (default %s; env %s; YAML %s)"
-                            % (option.help, default if default not in (None, []) else "none",
-                               option.env, option.key or "-"))
+                       help=help_text(option))
     p.add_argument("--version", action="version", version="yimmo-twisted " + __version__)
     return p
 

@@ -253,7 +253,7 @@ OPTIONS = (
     Option("ws_origins", _names, "YIMMO_WS_ORIGINS", ("--ws-origins",),
            _w("websockets", "origins"),
            "allowed Origin patterns of WebSocket handshakes, e.g. https://*.example.com "
-           "(* allows any; others are refused with 400)", "PATTERNS"),
+           "(* allows any; others are refused with 403)", "PATTERNS"),
     Option("ws_subprotocols", _names, "YIMMO_WS_SUBPROTOCOLS", ("--ws-subprotocols",),
            _w("websockets", "subprotocols"),
            "subprotocols the server speaks, preferred first: the first one the client "
@@ -261,6 +261,30 @@ OPTIONS = (
 )
 
 BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def show_default(option: Option) -> str:
+    """The default of ``option`` as one would give it: ``off``, ``30``, ``1G``, ``*``."""
+    value = getattr(Settings(), option.name)
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(value)
+    if isinstance(value, float):
+        return "%g" % value
+    if option.parse is _size:
+        for suffix, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+            if value % scale == 0:
+                return "%d%s" % (value // scale, suffix)
+    return str(value)
+
+
+def help_text(option: Option) -> str:
+    """The help of ``option`` in both doors' --help: what, default, env, YAML key."""
+    return "%s (default %s; env %s; YAML %s)" % (option.help, show_default(option), option.env,
+                                                 option.key or "-")
 
 
 @dataclass

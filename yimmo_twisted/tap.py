@@ -6,22 +6,13 @@ import os
 
 from twisted.python import usage
 
-from .config import OPTIONS, ConfigError, Settings, build
+from .config import BY_NAME, OPTIONS, ConfigError, build, help_text
 from .util import AppError
-
-_defaults = Settings()
-
-
-def _help(option) -> str:
-    default = getattr(_defaults, option.name)
-    return "%s (default %s; env %s; YAML %s)" % (
-        option.help, default if default not in (None, []) else "none", option.env,
-        option.key or "-")
 
 
 class Options(usage.Options):
     synopsis = "--app MODULE:APP [options]"
-    optParameters = [[o.long, o.short, None, _help(o)] for o in OPTIONS
+    optParameters = [[o.long, o.short, None, help_text(o)] for o in OPTIONS
                      if o.flags and not o.repeat]
 
     def __init__(self) -> None:
@@ -29,9 +20,9 @@ class Options(usage.Options):
         self["listen"] = []  # the one repeatable option (config.OPTIONS: repeat=True)
 
     def opt_listen(self, endpoint: str) -> None:
-        """Twisted endpoint string: tcp:, tcp6:, ssl:, unix:, systemd:, haproxy:...
-        (repeatable; replaces --port)"""
         self["listen"].append(endpoint)
+
+    opt_listen.__doc__ = help_text(BY_NAME["listen"])  # usage.Options shows it as the help
 
     def postOptions(self) -> None:
         # Build the service here: twistd reports a UsageError from postOptions as one

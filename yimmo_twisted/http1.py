@@ -98,7 +98,7 @@ class Head:
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 # RFC 9112 3: method SP request-target SP HTTP-version CRLF, exactly.  Anything else is a
 # malformed request (400), where llhttp alone would call a stray token a method (501).
-_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e\x80-\xff]+) HTTP/([0-9])\.([0-9])\r\n")
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e\x80-\xff]+) HTTP/([0-9]\.[0-9])\r\n")
 # RFC 9112 7.1.1: chunk-size [ chunk-ext ] CRLF, with BWS around ";" and "=" (RFC 9110
 # 5.6.3 says recipients must accept it).  CR, LF, NUL and other controls have no place.
 _QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
@@ -118,22 +118,25 @@ _METHODS: dict = {}  # bytes -> str, for the methods llhttp knows (a closed set)
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _DONE, _CLOSED = range(8)
 
 
+# The fields that decide framing and connection handling, by name length first: most
+# names are none of these, and len() is cheaper than lower().
+_FRAMING = frozenset((b"host", b"content-length", b"transfer-encoding", b"expect",
+                      b"connection", b"upgrade"))
+_FRAMING_LENGTHS = frozenset(len(name) for name in _FRAMING)
+
+
 class _Fields:
     """httptools callbacks for one complete head."""
 
-    __slots__ = ("limit", "url", "headers", "complete", "clean")
+    __slots__ = ("limit", "url", "headers", "framing", "complete", "clean")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.url = b""
         self.headers: List[Tuple[bytes, bytes]] = []
+        self.framing: List[Tuple[bytes, bytes]] = []  # (lower-case name, value)
         self.complete = False  # headers complete
         self.clean = False  # the parser ended the message: it can read the next head
-
-    def reset(self) -> None:
-        self.url = b""
-        self.headers = []
-        self.complete = self.clean = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url  # once per head: the head is fed whole
@@ -143,6 +146,10 @@ class _Fields:
         headers.append((name, value))
         if len(headers) > self.limit:
             raise HTTPError(431, "more than %d header fields" % self.limit)
+        if len(name) in _FRAMING_LENGTHS:
+            lower = name.lower()
+            if lower in _FRAMING:
+                self.framing.append((lower, value))
 
     def on_headers_complete(self) -> None:
         self.complete = True
@@ -241,7 +248,7 @@ class RequestReader:
         size = len(buf)
         # RFC 9112 2.2: empty lines before a request are ignored (the head timeout still
         # runs for them: in_head).
-        while buf[pos:pos + 2] == b"\r\n":
+        while buf.startswith(b"\r\n", pos):
             pos += 2
         self._pos = pos
         if pos >= size:
@@ -260,35 +267,40 @@ class RequestReader:
             elif size - line_end > limits.max_header_bytes + 2:
                 raise HTTPError(431, "header fields over %d bytes" % limits.max_header_bytes)
             return NEED_DATA
-        self._pos = end + 4
+        end += 4
+        self._pos = end
         self._scanned = 0
-        return self._check(bytes(memoryview(buf)[pos:end + 4]))
+        if pos == 0 and end == size and type(buf) is bytes:
+            return self._check(buf)  # the read is this head: no copy
+        return self._check(bytes(memoryview(buf)[pos:end]))
 
     def _check(self, head: bytes) -> Head:
         """Every rule a complete head must pass; its Head."""
         limits = self.limits
-        line_end = head.find(b"\r\n")
-        if line_end > limits.max_request_line + _LINE_SLACK:
-            raise HTTPError(414, "request target over %d bytes" % limits.max_request_line)
-        if len(head) - line_end - 4 > limits.max_header_bytes:
-            raise HTTPError(431, "header fields over %d bytes" % limits.max_header_bytes)
         line = _REQUEST_LINE.match(head)
-        if line is None or line.end() != line_end + 2:
+        if line is None:
+            if head.find(b"\r\n") > limits.max_request_line + _LINE_SLACK:
+                raise HTTPError(414, "request target over %d bytes" % limits.max_request_line)
             raise HTTPError(400, "malformed request line")
-        if len(line.group(2)) > limits.max_request_line:
+        raw_method, target, version = line.groups()
+        if len(target) > limits.max_request_line:
             raise HTTPError(414, "request target over %d bytes" % limits.max_request_line)
-        major, minor = line.group(3), line.group(4)
-        if major != b"1" or minor not in (b"0", b"1"):
+        if len(head) - line.end() - 2 > limits.max_header_bytes:
+            raise HTTPError(431, "header fields over %d bytes" % limits.max_header_bytes)
+        if version != b"1.1" and version != b"1.0":
             raise HTTPError(505)
         fields = self._fields
         if fields.clean:
-            fields.reset()  # the parser ended its last message: it reads the next one
+            # The parser ended its last message: it reads the next one.
+            fields.url = b""
+            fields.headers = []
+            fields.framing = []
+            fields.complete = fields.clean = False
         else:
             fields = self._fields = _Fields(limits.max_headers)
             self._parser = HttpRequestParser(fields)
-        parser = self._parser
         try:
-            parser.feed_data(head)
+            self._parser.feed_data(head)
         except HttpParserUpgrade:
             fields.clean = False  # llhttp stops for good after an upgrade
         except HttpParserCallbackError as e:
@@ -297,17 +309,15 @@ class RequestReader:
             raise
         except HttpParserInvalidMethodError:
             # A well-formed token that llhttp does not know: a method we do not implement.
-            raise HTTPError(501, "unknown method %r" % line.group(1)[:32].decode("latin-1"))
+            raise HTTPError(501, "unknown method %r" % raw_method[:32].decode("latin-1"))
         except HttpParserError as e:
             raise HTTPError(400, str(e) or "malformed request head") from None
         if not fields.complete:
             raise HTTPError(400, "malformed request head")
-        raw = parser.get_method()
-        method = _METHODS.get(raw)
+        method = _METHODS.get(raw_method)
         if method is None:
-            method = _METHODS[raw] = raw.decode("ascii")
-        http11 = minor == b"1"
-        target = fields.url
+            method = _METHODS[raw_method] = raw_method.decode("ascii")  # llhttp knows it
+        http11 = version == b"1.1"
         if method == "CONNECT":
             raise HTTPError(501, "CONNECT is not supported")
         if target == b"*":
@@ -317,23 +327,23 @@ class RequestReader:
             raise HTTPError(400, "a fragment in the request target")  # RFC 9112 3.2
         host = length = 0
         te: List[bytes] = []
-        expect = None
         connection: List[bytes] = []
+        expect = None
         upgrade = False
-        for name, value in fields.headers:
-            if len(name) == 4 and name.lower() == b"host":
+        for name, value in fields.framing:
+            if name == b"host":
                 host += 1
-            elif len(name) == 14 and name.lower() == b"content-length":
+            elif name == b"content-length":
                 length = int(value)  # digits only, and one of them: llhttp checked
-            elif len(name) == 17 and name.lower() == b"transfer-encoding":
+            elif name == b"transfer-encoding":
                 te.append(value)
-            elif len(name) == 6 and name.lower() == b"expect":
-                expect = value
-            elif len(name) == 10 and name.lower() == b"connection":
+            elif name == b"connection":
                 connection += [c.strip(b" \t").lower() for c in value.split(b",")]
-            elif len(name) == 7 and name.lower() == b"upgrade":
+            elif name == b"expect":
+                expect = value
+            else:
                 upgrade = True
-        if host > 1 or (http11 and not host):
+        if host != 1 and (host or http11):
             raise HTTPError(400, "more than one Host header" if host else "missing Host header")
         chunked = False
         if te:
@@ -346,22 +356,20 @@ class RequestReader:
                 raise HTTPError(501, "transfer coding %r is not supported"
                                 % codings[0][:32].decode("latin-1"))
             chunked = True
-            length = 0
-        elif length > limits.max_body_size:
-            raise HTTPError(413, "the body exceeds %d bytes" % limits.max_body_size)
+            self._state = _CHUNK_SIZE
+            self._body_size = 0
+        elif length:
+            if length > limits.max_body_size:
+                raise HTTPError(413, "the body exceeds %d bytes" % limits.max_body_size)
+            self._state = _LENGTH
+            self._remaining = length
+        else:
+            self._state = _DONE
         expect_continue = False
         if expect is not None:
             if expect.rstrip(b" \t").lower() != b"100-continue":
                 raise HTTPError(417)
             expect_continue = http11 and (chunked or length > 0)
-        if chunked:
-            self._state = _CHUNK_SIZE
-            self._body_size = 0
-        elif length:
-            self._state = _LENGTH
-            self._remaining = length
-        else:
-            self._state = _DONE
         # RFC 9112 9.3: 1.1 persists unless "close"; 1.0 only with "keep-alive".
         keep_alive = b"close" not in connection and (http11 or b"keep-alive" in connection)
         self._keep_alive = keep_alive

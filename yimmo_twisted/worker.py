@@ -17,6 +17,12 @@ database, network), and then it does not hold the GIL.  So:
 * Output goes back through one FIFO shared by all workers (``Handoff``); the reactor
   collects it after each iteration, and a worker wakes the reactor only when it sleeps.
 
+All of this hangs on the reactor's ``doIteration`` (``WorkerPool.install``), which
+Twisted's own loop calls once per turn (epoll, poll, select).  A reactor run by another
+loop never calls it (asyncio's: ``twistd --reactor=asyncio``); there a turn's exchanges
+go to a worker in one ``callLater(0)``, blocked workers are looked at again with
+``callLater``, and each batch of output costs one ``callFromThread``.
+
 Under load a hello-world exchange costs far less than one wake-up each way (both are
 counted: ``WorkerPool.hops``).  The reactor never waits on a worker.  A worker waits on the
 reactor only when its client is slow (the session is paused by its transport, or too
@@ -34,6 +40,7 @@ from typing import Callable, List, Optional
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from . import compat
 from .context import Context
 from .exchange import MORE, Exchange
 from .logs import logger
@@ -227,7 +234,11 @@ class WorkerPool:
         self.steal_after = steal_after
         self.workers: List[Worker] = [Worker(self, i) for i in range(no_threads)]
         self._batch: list = []
-        self._reactor = None
+        self._reactor = None  # once installed
+        self._hooked = False  # into its doIteration; else timed calls flush the batch
+        self._entered = False  # the hook has run (install confirms it)
+        self._flush_due = False  # timed: a callLater(0) will flush the batch
+        self._look_again = None  # timed: the next call of _rebalance_soon
         self.access: Optional[Callable] = None  # the access log's record, set before start()
 
     def start(self) -> None:
@@ -239,8 +250,13 @@ class WorkerPool:
     def submit(self, exchange: Exchange) -> None:
         """Run ``exchange`` on some worker, soon (reactor thread)."""
         self._batch.append(exchange)
-        if self._reactor is None:
-            self.flush()  # not hooked into the reactor: no iteration end to wait for
+        if not self._hooked:
+            if self._reactor is None:
+                self.flush()  # no reactor to wait for (not installed, or stopped)
+            elif not self._flush_due:
+                # The end of this reactor turn, where the exchanges it parses are one batch.
+                self._flush_due = True
+                self._reactor.callLater(0, self._turn)
 
     def flush(self) -> None:
         """Give the exchanges submitted since the last flush to one worker."""
@@ -311,17 +327,43 @@ class WorkerPool:
 
     def install(self, reactor) -> None:
         """
-        Hook the reactor's iteration (before it runs): flush the batch and collect the
-        output around each sleep in epoll.  Reactors driven by another loop (asyncio)
-        have no ``doIteration``: then every submit and every output is a hop of its own.
+        Flush the batch and collect the output around each reactor iteration: in
+        ``doIteration`` where the reactor's loop calls it (compat.runs_do_iteration, then
+        confirmed within its first turns), else by timed calls (see ``submit``).
         """
-        iterate = getattr(reactor, "doIteration", None)
-        if iterate is None or self._reactor is not None:
+        if self._reactor is not None:
             return
+        self._reactor = reactor
+        name = type(reactor).__name__
+        if not compat.runs_do_iteration(reactor):
+            log.debug("iteration hook: none, {reactor} runs another loop; batches go by "
+                      "callLater(0), output by callFromThread", reactor=name)
+            return
+        self._hook(reactor)
+
+        def confirm() -> None:
+            if self._reactor is not reactor or not self._hooked:
+                return  # uninstalled meanwhile
+            if self._entered:
+                log.debug("iteration hook: doIteration of {reactor}", reactor=name)
+                return
+            log.warn("iteration hook: none, doIteration of {reactor} was not called; "
+                     "batches go by callLater(0), output by callFromThread", reactor=name)
+            self._unhook()
+            self._turn()
+            self.handoff.drain()
+
+        # Twisted's loop runs the first call before its first doIteration, the second
+        # after it.
+        reactor.callLater(0, reactor.callLater, 0, confirm)
+
+    def _hook(self, reactor) -> None:
+        iterate = reactor.doIteration
         handoff = self.handoff
         steal_after = self.steal_after
 
         def doIteration(timeout):
+            self._entered = True
             if self._batch:
                 self.flush()
             if self.rebalance() and (timeout is None or timeout > steal_after):
@@ -337,19 +379,43 @@ class WorkerPool:
                     handoff.drain()
 
         reactor.doIteration = doIteration
-        self._reactor = reactor
+        self._hooked = True
         handoff.hooked = True
 
+    def _unhook(self) -> None:
+        del self._reactor.doIteration  # the class's again
+        self._hooked = False
+        self.handoff.hooked = False
+        self.handoff.sleeping = True  # wake the reactor for every batch of output
+
+    def _turn(self) -> None:
+        """Without the hook, at the end of a reactor turn: give its batch to a worker."""
+        self._flush_due = False
+        self.flush()
+        if self._look_again is None:
+            self._rebalance_soon()
+
+    def _rebalance_soon(self) -> None:
+        """Without the hook: rebalance, and again after ``steal_after`` while it asks to."""
+        self._look_again = None
+        if self.rebalance() and self._reactor is not None:
+            self._look_again = self._reactor.callLater(self.steal_after,
+                                                       self._rebalance_soon)
+
     def uninstall(self) -> None:
+        """Stop waiting for the reactor: submit flushes at once, output wakes it."""
         reactor = self._reactor
-        if reactor is not None:
-            del reactor.doIteration
-            self._reactor = None
-            self.handoff.hooked = False
-            self.handoff.sleeping = True
-            self.flush()
-            if self.handoff.pending:
-                reactor.callFromThread(self.handoff.drain)
+        if reactor is None:
+            return
+        if self._hooked:
+            self._unhook()
+        self._reactor = None
+        if self._look_again is not None:
+            self._look_again.cancel()
+            self._look_again = None
+        self.flush()
+        if self.handoff.pending:
+            reactor.callFromThread(self.handoff.drain)
 
     def hops(self) -> dict:
         """Thread hand-overs so far: how often a worker and the reactor had to be woken."""

@@ -12,17 +12,23 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 from twisted.logger import LogLevel
 
 from .exchange import (
     ABORT, CLOSE, CONTINUE_100, DONE, LAST_CHUNK, MORE, RESUME, SERVER_SOFTWARE,
-    ClientDisconnected, Exchange, HTTPError, chunk, date_header, error_response,
+    ClientDisconnected, Exchange, chunk, date_header, error_response,
 )
+from .http1 import HTTPError
 from .logs import logger
 
 log = logger("yimmo.context")
+
+# worker.Handoff.emit: (exchange, bytes or None, end code), may block for a slow client.
+Emit = Callable[[Exchange, Optional[bytes], int], None]
+WSGIApp = Callable[..., Iterable[bytes]]
+Headers = List[Tuple[str, str]]
 
 # RFC 9110 5.1 token, and the characters that must never reach the wire in a field value
 # (CTLs but HTAB; CR and LF would let an app split the response).
@@ -46,7 +52,7 @@ class InputStream:
 
     __slots__ = ("_exchange", "_body", "_buf", "_pos", "_resume", "_emit")
 
-    def __init__(self, exchange: Exchange, emit: Callable) -> None:
+    def __init__(self, exchange: Exchange, emit: Emit) -> None:
         self._exchange = exchange
         self._body = exchange.body
         # Unread data is _buf[_pos:]: small reads move the offset instead of copying the
@@ -109,8 +115,8 @@ class InputStream:
         self._pos = end
         return buf[pos:end]
 
-    def readlines(self, hint: Optional[int] = -1) -> list:
-        lines = []
+    def readlines(self, hint: Optional[int] = -1) -> List[bytes]:
+        lines: List[bytes] = []
         total = 0
         while True:
             line = self.readline()
@@ -162,7 +168,7 @@ class FileWrapper:
         return self
 
     def __next__(self) -> bytes:
-        data = self.filelike.read(self.blksize)
+        data: bytes = self.filelike.read(self.blksize)
         if data:
             return data
         raise StopIteration
@@ -183,16 +189,17 @@ class Context:
         "chunked", "sent", "keep_alive", "no_body",
     )
 
-    def __init__(self, exchange: Exchange, emit: Callable) -> None:
+    def __init__(self, exchange: Exchange, emit: Emit) -> None:
         self.exchange = exchange
         self.emit = emit
         self.status: Optional[str] = None
-        self.headers: Optional[list] = None
+        self.headers: Headers = []
         self.head_sent = False
 
     # -- PEP 3333 callables ----------------------------------------------------------
 
-    def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable:
+    def start_response(self, status: str, headers: Headers,
+                       exc_info: Any = None) -> Callable[[bytes], None]:
         if exc_info is not None:
             try:
                 if self.head_sent:
@@ -263,7 +270,8 @@ class Context:
                     if length < 0 or not value.strip().isdigit():
                         raise ValueError
                 except ValueError:
-                    raise ValueError("start_response: invalid Content-Length %r" % value)
+                    raise ValueError("start_response: invalid Content-Length %r"
+                                     % value) from None
                 if never_length:
                     continue
             elif lname == "server":
@@ -344,7 +352,7 @@ class Context:
 
     # -- running the app --------------------------------------------------------------
 
-    def run(self, app: Callable) -> None:
+    def run(self, app: WSGIApp) -> None:
         """Run the application for this exchange and send its whole response."""
         ex = self.exchange
         environ = ex.environ

@@ -14,7 +14,7 @@ from collections import deque
 from email.utils import formatdate
 from http import HTTPStatus
 from time import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
 
 from .http1 import HTTPError
 
@@ -62,7 +62,7 @@ class RequestBody:
         self.error: Optional[HTTPError] = None
         self.paused = False
         self.discard = False  # the app is done: drop whatever still arrives
-        self._chunks: deque = deque()
+        self._chunks: Deque[bytes] = deque()
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._limit = limit
@@ -95,7 +95,7 @@ class RequestBody:
 
     # -- worker side ---------------------------------------------------------------
 
-    def take(self, resume) -> bytes:
+    def take(self, resume: Callable[[], None]) -> bytes:
         """
         The next chunk of the body, b"" at its end.  Blocks until one arrives.
         ``resume`` is called (at most once per pause) to let the reactor read again.
@@ -103,7 +103,7 @@ class RequestBody:
         chunks = self._chunks
         while True:
             if chunks:
-                data = chunks.popleft()
+                data: bytes = chunks.popleft()
                 self.taken += len(data)
                 if self.paused and self.fed - self.taken <= self._limit // 2:
                     self._unpause(resume)
@@ -119,7 +119,7 @@ class RequestBody:
             self._unpause(resume)
             self._event.wait()
 
-    def _unpause(self, resume) -> None:
+    def _unpause(self, resume: Callable[[], None]) -> None:
         with self._lock:
             if self.paused:
                 self.paused = False
@@ -141,7 +141,8 @@ class Exchange:
         "expect_continue", "continue_sent", "dispatched",
     )
 
-    def __init__(self, session: "HTTPSession", environ: dict, body: Optional[RequestBody],
+    def __init__(self, session: "HTTPSession", environ: Dict[str, Any],
+                 body: Optional[RequestBody],
                  keep_alive: bool, http11: bool, head_only: bool,
                  expect_continue: bool) -> None:
         self.session = session
@@ -160,7 +161,7 @@ class Exchange:
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 
-_date_cache = [0, b""]
+_date_cache: List[Any] = [0, b""]  # [second, its Date line]
 
 
 def date_header() -> bytes:
@@ -171,7 +172,8 @@ def date_header() -> bytes:
         # A benign race: two threads may format the same second; both results are right.
         cache[1] = b"Date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
         cache[0] = now
-    return cache[1]
+    line: bytes = cache[1]
+    return line
 
 
 def chunk(data: bytes) -> bytes:

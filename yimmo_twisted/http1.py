@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from http import HTTPStatus
-from typing import List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 from httptools import (
     HttpParserCallbackError, HttpParserError, HttpParserInvalidMethodError,
@@ -112,7 +112,7 @@ _LINE_SLACK = 64
 # A chunk-size line longer than this is refused: a size and extensions nobody needs.
 MAX_CHUNK_LINE = 4096
 
-_METHODS: dict = {}  # bytes -> str, for the methods llhttp knows (a closed set)
+_METHODS: Dict[bytes, str] = {}  # bytes -> str, for the methods llhttp knows (a closed set)
 
 # Reader states.
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _DONE, _CLOSED = range(8)
@@ -299,8 +299,10 @@ class RequestReader:
         else:
             fields = self._fields = _Fields(limits.max_headers)
             self._parser = HttpRequestParser(fields)
+        parser = self._parser
+        assert parser is not None  # made with the first _Fields
         try:
-            self._parser.feed_data(head)
+            parser.feed_data(head)
         except HttpParserUpgrade:
             fields.clean = False  # llhttp stops for good after an upgrade
         except HttpParserCallbackError as e:
@@ -309,7 +311,8 @@ class RequestReader:
             raise
         except HttpParserInvalidMethodError:
             # A well-formed token that llhttp does not know: a method we do not implement.
-            raise HTTPError(501, "unknown method %r" % raw_method[:32].decode("latin-1"))
+            raise HTTPError(501, "unknown method %r"
+                            % raw_method[:32].decode("latin-1")) from None
         except HttpParserError as e:
             raise HTTPError(400, str(e) or "malformed request head") from None
         if not fields.complete:

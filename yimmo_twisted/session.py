@@ -1,18 +1,18 @@
 """
 The session: the HTTP/1.x protocol of one connection, on the reactor thread.
 
-Bytes go to the request reader (http1.py: framing, limits, every refusal's status) and
-its events become exchanges that are dispatched to workers.  Responses come back through ``deliver`` and are written in request order:
-while a session has an exchange in flight, its later (pipelined) exchanges go to the same
-worker's queue, so they run one at a time and their output arrives in order.
+Bytes go to the request reader (http1.py: framing, limits, every refusal's status); its
+events become exchanges, dispatched to workers one at a time per connection: pipelined
+exchanges wait here, so their responses, which come back through ``deliver``, leave in
+request order.
 
 A WebSocket handshake, when the app has registered callbacks, ends HTTP on the
-connection: the session stops parsing at the end of its head and hands the transport to
-the autobahn bridge (``_want_upgrade``, ``_hand_over``; websockets.py).
+connection: the session stops reading events at the end of its head and hands the
+transport, with the bytes after the head, to the autobahn bridge (websockets.py).
 
-Everything about refusing input lives here: limits, timeouts, framing errors.  A refused
-request gets its 4xx after the responses to the requests before it; nothing after it is
-processed, and the connection closes.
+A refused request gets its 4xx after the responses to the requests before it; nothing
+after it is processed, and the connection closes.  Timeouts run only while the client is
+the one expected to act: never while the server itself has paused reading.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def environ_target(env: dict, target: bytes) -> None:
         try:
             parts = parse_url(target)  # absolute-form, as sent to proxies
         except Exception:
-            raise HTTPError(400, "invalid request target %r" % raw[:100])
+            raise HTTPError(400, "invalid request target %r" % raw[:100]) from None
         if not parts.schema or not parts.host:
             raise HTTPError(400, "invalid request target %r" % raw[:100])
         path = parts.path or b"/"

@@ -1,6 +1,6 @@
 """
 Start-up: the settings (YAML < environment < command line, and their errors), every door
-(yimmo-wsgi, twistd, twist, .tac, a real non-editable install), endpoints (TLS, Unix
+(yimmo-wsgi, twistd, twist, .tac, real installs, editable or not), endpoints (TLS, Unix
 socket, PROXY protocol), logging (levels, banner, access log).
 """
 
@@ -9,15 +9,18 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
+import site
 import socket
 import ssl
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -192,25 +195,14 @@ def test_cert_without_key(serve, certificate):
 
 # -- doors -------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def venv(tmp_path_factory):
-    """A fresh venv with a real, non-editable ``pip install .`` of this repository."""
-    where = tmp_path_factory.mktemp("venv")
-    env = _clean_env()
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
-                    str(where)], check=True, env=env, timeout=60)
-    # Built from a copy: pip builds in the source tree, and two test runs at once must not
-    # share one build/ folder.
-    source = where / "src"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", "build", "*.egg-info", "__pycache__", "tests", "benchmarks", ".venv"))
-    # This Python's pip installs into the venv; building without isolation uses the
-    # setuptools and wheel installed here (the test extra): no index is needed.
-    pip = [sys.executable, "-m", "pip", "--python", str(where / "bin" / "python"), "install",
-           "-q", "--no-deps", "--no-build-isolation", "--no-index", str(source)]
-    subprocess.run(pip, check=True, env=env, cwd=str(where), timeout=120,
-                   stdout=subprocess.DEVNULL)
-    return where
+# A venv of its own for the installs tested here, made by this Python. The packages it
+# needs (Twisted, ...) are this Python's: a .pth file puts this Python's site-packages
+# (a venv's or the system's, whichever runs the tests) after the venv's own, so no index
+# is needed and what the venv itself holds (the install under test) comes first. The
+# wheels are built by this Python's setuptools (the test extra), as pip
+# --no-build-isolation would, and installed by this Python's pip with --no-deps.
+
+SHARED_PTH = "zz_running_python.pth"
 
 
 def _clean_env() -> dict:
@@ -220,13 +212,86 @@ def _clean_env() -> dict:
     return env
 
 
-def test_installed_plugin_is_discovered(venv, tmp_path):
+def _site_dirs() -> list:
+    """The site-packages folders of the Python running the tests."""
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:  # a system Python's user site (never in a venv)
+        dirs.append(site.getusersitepackages())
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def _make_venv(where) -> Path:
+    where = Path(where)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True,
+                   env=_clean_env(), timeout=60)
+    (_site_packages(where) / SHARED_PTH).write_text("\n".join(_site_dirs()) + "\n")
+    return where
+
+
+def _site_packages(venv) -> Path:
+    return next(Path(venv).glob("lib/python*/site-packages"))
+
+
+def _source_copy(where) -> Path:
+    """This repository's files, without build products, caches or other installs.
+
+    Built from a copy: setuptools builds in the source tree, and two test runs at once
+    must not share one build/ folder (nor leave one in the checkout)."""
+    source = Path(where)
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", "__pycache__", "dropin.cache", ".venv",
+        ".pytest_cache", "tests", "benchmarks"))
+    return source
+
+
+def _build(source, hook: str, out) -> Path:
+    """The wheel made by setuptools' PEP 517 hook ``build_wheel`` or ``build_editable``."""
+    code = ("import sys; from setuptools import build_meta\n"
+            "print('wheel:', build_meta.%s(sys.argv[1]))" % hook)
+    done = subprocess.run([sys.executable, "-c", code, str(out)], cwd=str(source),
+                          env=_clean_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    name = [line for line in done.stdout.splitlines() if line.startswith("wheel: ")][-1]
+    return Path(out) / name[len("wheel: "):]
+
+
+def _pip_install(venv, wheel) -> None:
+    """Install ``wheel`` into ``venv`` (replacing what is there), offline, no dependencies.
+
+    pip runs for the venv with this Python's packages out of its sight, or it would take
+    this Python's own yimmo-twisted (often an editable install of this checkout) for the
+    one to replace."""
+    shared = _site_packages(venv) / SHARED_PTH
+    text = shared.read_text()
+    shared.unlink()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "--python", str(Path(venv) / "bin" / "python"),
+             "install", "-q", "--no-deps", "--no-index", "--force-reinstall", str(wheel)],
+            env=_clean_env(), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        shared.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory):
+    """A fresh venv with a real, non-editable install of this repository (its wheel)."""
+    where = _make_venv(tmp_path_factory.mktemp("venv"))
+    wheel = _build(_source_copy(where / "src"), "build_wheel", where / "dist")
+    _pip_install(where, wheel)
+    return where
+
+
+def _probe(venv, cwd) -> dict:
+    """What the venv's twistd sees: its commands, and where the plugin comes from."""
     env = _clean_env()
-    out = subprocess.run(_twistd(venv) + ["--help"], env=env, cwd=str(tmp_path),
+    out = subprocess.run(_twistd(venv) + ["--help"], env=env, cwd=str(cwd),
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and "yimmo" in out.stdout.split("Commands:")[-1], out
+    assert out.returncode == 0, out
+    commands = re.findall(r"^    (\S+)", out.stdout.split("Commands:")[-1], re.M)
     probe = textwrap.dedent("""\
-        import json, sys
+        import json
         from twisted.application.service import IServiceMaker
         from twisted.plugin import getPlugins
         import twisted.plugins.yimmo_plugin as plugin, yimmo_twisted
@@ -234,11 +299,51 @@ def test_installed_plugin_is_discovered(venv, tmp_path):
         print(json.dumps([found, plugin.__file__, yimmo_twisted.__file__]))
         """)
     out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], env=env,
-                         cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+                         cwd=str(cwd), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out
     found, plugin_file, package_file = json.loads(out.stdout.strip().splitlines()[-1])
-    assert "yimmo" in found
+    return {"help": commands, "found": found, "plugin": plugin_file,
+            "package": package_file}
+
+
+def test_installed_plugin_is_discovered(venv, tmp_path):
+    seen = _probe(venv, tmp_path)
+    assert "yimmo" in seen["help"] and "yimmo" in seen["found"], seen
     # Both from the install, not from this checkout.
-    assert plugin_file.startswith(str(venv)) and package_file.startswith(str(venv))
+    assert seen["plugin"].startswith(str(venv)) and seen["package"].startswith(str(venv))
+    # The wheel holds no plugin cache: that file is Twisted's, and rewritten by it.
+    record = next(_site_packages(venv).glob("yimmo_twisted-*.dist-info/RECORD"))
+    assert "dropin.cache" not in record.read_text()
+
+
+def test_plugin_found_after_editable_and_plain_installs(tmp_path_factory, tmp_path):
+    """An editable install (what ``pip install -e .`` makes), a plain one over it, then
+    the editable one again: ``twistd --help`` lists yimmo after each. An editable install
+    must put the project folder on sys.path (a static .pth): Twisted looks for plugins in
+    the twisted/plugins folders of sys.path, and does not see through setuptools' import
+    hook (a meta path finder)."""
+    where = _make_venv(tmp_path_factory.mktemp("venv"))
+    source = _source_copy(where / "src")
+    editable = _build(source, "build_editable", where / "dist-editable")
+    plain = _build(source, "build_wheel", where / "dist")
+    # A cache Twisted wrote before the plugin was there (a name that no longer exists),
+    # newer than the plugin's file: it must not hide the plugin.
+    from twisted.plugin import CachedDropin
+    cache = source / "twisted" / "plugins" / "dropin.cache"
+    cache.write_bytes(pickle.dumps({"gone": CachedDropin("twisted.plugins.gone", "")}))
+    future = time.time() + 3600
+    os.utime(cache, (future, future))
+    for wheel, home in [(editable, source), (plain, _site_packages(where)),
+                        (editable, source)]:
+        _pip_install(where, wheel)
+        seen = _probe(where, tmp_path)
+        assert "yimmo" in seen["help"] and "yimmo" in seen["found"], (wheel.name, seen)
+        assert seen["plugin"].startswith(str(home)), (wheel.name, seen)
+        assert seen["package"].startswith(str(home)), (wheel.name, seen)
+    # The plugin loads (twistd --help lists plugins from the cache, unimported).
+    out = subprocess.run(_twistd(where) + ["yimmo", "--help"], env=_clean_env(),
+                         cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--app" in out.stdout, out
 
 
 def _twistd(venv) -> list:

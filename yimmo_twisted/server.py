@@ -176,8 +176,10 @@ class Server(service.Service):
         }
         self._sweep: Optional[LoopingCall] = None
         self._deadline = 0.0  # of the drain, once stopping
+        self.draining = False  # sessions that start now say Connection: close
 
     def _factory(self, description: str) -> Factory:
+        """The protocols of a connection: [PROXY wrapper,] [TLS,] session."""
         base = dict(self.base_environ, **{"wsgi.url_scheme": url_scheme(description)})
         factory: Factory = SessionFactory(self, base)
         proxied, inner = split_endpoint(description)
@@ -252,10 +254,11 @@ class Server(service.Service):
     def stopService(self):
         """Stop accepting, let in-flight requests finish (``grace``), then stop."""
         service.Service.stopService(self)
+        self.draining = True
         yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
         self.ports = []
         self.websockets.stop()
-        self._deadline = monotonic() + self.settings.grace
+        self._deadline = self.now() + self.settings.grace
         for session in self.sessions:
             session.keep_alive = False  # responses still to come tell their clients
         yield self._drain()
@@ -267,7 +270,7 @@ class Server(service.Service):
             proxied.abortConnection()
         self.pool.uninstall()
         # Workers still in the app past the grace period are not waited for (daemons).
-        self.pool.stop(max(0.1, self._deadline - monotonic()))
+        self.pool.stop(max(0.1, self._deadline - self.now()))
         if self.access is not None:
             self.access.stop()
         log.info("served {requests} requests; thread hand-overs: {worker_wakeups} worker "
@@ -284,7 +287,7 @@ class Server(service.Service):
         """Until the deadline: close connections as they fall idle, wait for the others."""
         idle_timeout = self.settings.idle_timeout
         while self.sessions or self.awaiting_header:
-            now = monotonic()
+            now = self.now()
             if now >= self._deadline:
                 log.warn("drain over: closing {n} connection(s) with requests in "
                          "flight", n=len(self.sessions))

@@ -131,7 +131,9 @@ class HTTPSession(Protocol, Channel):
         self._reader = RequestReader(server.settings)
         # Output, shared with the worker writing this session's response.
         Channel.__init__(self)
-        self.keep_alive = True  # False once the server drains: responses say "close"
+        # False once the server drains: responses say "close" (also on a connection that
+        # starts during the drain, a PROXY one whose header arrives late).
+        self.keep_alive = not server.draining
         # Exchanges.
         self.inflight = 0  # parsed and not yet done
         self._running = False  # one exchange is on a worker

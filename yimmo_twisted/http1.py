@@ -109,8 +109,6 @@ _CHUNK_LINE = re.compile(
 _FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*[\t\x20-\x7e\x80-\xff]*\r\n")
 # max_request_line bounds the target; the method and version around it get this much.
 _LINE_SLACK = 64
-# A chunk-size line longer than this is refused: a size and extensions nobody needs.
-MAX_CHUNK_LINE = 4096
 
 _METHODS: Dict[bytes, str] = {}  # bytes -> str, for the methods llhttp knows (a closed set)
 
@@ -430,13 +428,14 @@ class RequestReader:
                 self._pos = pos + 2
                 self._state = _CHUNK_SIZE
                 continue
-            limit = MAX_CHUNK_LINE if state == _CHUNK_SIZE else (
+            # A chunk-size line is bounded as a request line is, trailers as header fields.
+            limit = self.limits.max_request_line if state == _CHUNK_SIZE else (
                 self.limits.max_header_bytes - self._trailer_bytes + 2)
             nl = buf.find(b"\n", pos, pos + limit)
             if nl < 0:
                 if len(buf) - pos >= limit:
                     if state == _CHUNK_SIZE:
-                        raise HTTPError(400, "chunk-size line over %d bytes" % MAX_CHUNK_LINE)
+                        raise HTTPError(400, "chunk-size line over %d bytes" % limit)
                     raise HTTPError(431, "trailer fields over %d bytes"
                                     % self.limits.max_header_bytes)
                 return NEED_DATA

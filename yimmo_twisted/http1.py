@@ -27,7 +27,7 @@ from http import HTTPStatus
 from typing import Dict, List, Optional, Tuple, Union
 
 from httptools import (
-    HttpParserCallbackError, HttpParserError, HttpParserInvalidMethodError,
+    HttpParserError, HttpParserInvalidMethodError,
     HttpParserUpgrade, HttpRequestParser,
 )
 
@@ -126,10 +126,9 @@ _FRAMING_LENGTHS = frozenset(len(name) for name in _FRAMING)
 class _Fields:
     """httptools callbacks for one complete head."""
 
-    __slots__ = ("limit", "url", "headers", "framing", "complete", "clean")
+    __slots__ = ("url", "headers", "framing", "complete", "clean")
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self) -> None:
         self.url = b""
         self.headers: List[Tuple[bytes, bytes]] = []
         self.framing: List[Tuple[bytes, bytes]] = []  # (lower-case name, value)
@@ -140,10 +139,8 @@ class _Fields:
         self.url += url  # once per head: the head is fed whole
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self.headers
-        headers.append((name, value))
-        if len(headers) > self.limit:
-            raise HTTPError(431, "more than %d header fields" % self.limit)
+        # Counted once the head is parsed: its bytes bound how many fields it can hold.
+        self.headers.append((name, value))
         if len(name) in _FRAMING_LENGTHS:
             lower = name.lower()
             if lower in _FRAMING:
@@ -171,7 +168,7 @@ class RequestReader:
         self._trailers = 0
         self._error: Optional[HTTPError] = None
         self._keep_alive = True  # of the request being read
-        self._fields = _Fields(limits.max_headers)  # not clean: a parser is made for it
+        self._fields = _Fields()  # not clean: a parser is made for it
         self._parser: Optional[HttpRequestParser] = None
 
     # -- input ---------------------------------------------------------------------
@@ -295,7 +292,7 @@ class RequestReader:
             fields.framing = []
             fields.complete = fields.clean = False
         else:
-            fields = self._fields = _Fields(limits.max_headers)
+            fields = self._fields = _Fields()
             self._parser = HttpRequestParser(fields)
         parser = self._parser
         assert parser is not None  # made with the first _Fields
@@ -303,10 +300,6 @@ class RequestReader:
             parser.feed_data(head)
         except HttpParserUpgrade:
             fields.clean = False  # llhttp stops for good after an upgrade
-        except HttpParserCallbackError as e:
-            if isinstance(e.__context__, HTTPError):
-                raise e.__context__ from None
-            raise
         except HttpParserInvalidMethodError:
             # A well-formed token that llhttp does not know: a method we do not implement.
             raise HTTPError(501, "unknown method %r"
@@ -315,6 +308,8 @@ class RequestReader:
             raise HTTPError(400, str(e) or "malformed request head") from None
         if not fields.complete:
             raise HTTPError(400, "malformed request head")
+        if len(fields.headers) > limits.max_headers:
+            raise HTTPError(431, "more than %d header fields" % limits.max_headers)
         method = _METHODS.get(raw_method)
         if method is None:
             method = _METHODS[raw_method] = raw_method.decode("ascii")  # llhttp knows it

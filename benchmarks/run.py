@@ -49,7 +49,8 @@ SCENARIOS = {
     # name: (application in benchmarks.apps, wrk Lua script or None, description)
     "hello": ("hello", None, "GET, 14-byte body with Content-Length"),
     "10k": ("payload_10k", None, "GET, 10 KiB body with Content-Length"),
-    "upload": ("upload_echo", "upload.lua", "POST of 1 MiB, the app reads it all, answers its length"),
+    "upload": ("upload_echo", "upload.lua",
+               "POST of 1 MiB, the app reads it all, answers its length"),
     "cpu": ("cpu", None, "GET, ~2 ms of pure-Python CPU work per request (GIL-bound)"),
 }
 

@@ -145,7 +145,7 @@ async def run_clients(port: int, sessions: int, size: int, window: int, warmup: 
     protocols = []
     for i in range(sessions):
         _, protocol = await loop.create_connection(
-            lambda: Session("/bench/%d" % i, frame, payload, window, stats), HOST, port)
+            lambda i=i: Session("/bench/%d" % i, frame, payload, window, stats), HOST, port)
         protocols.append(protocol)
     await asyncio.wait_for(asyncio.gather(*(p.ready for p in protocols)), 30)
     for p in protocols:

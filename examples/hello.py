@@ -1,4 +1,7 @@
-"""The smallest WSGI application: ``yimmo-wsgi examples.hello:app`` or, from this folder, ``yimmo-wsgi hello:app``."""
+"""
+The smallest WSGI application: ``yimmo-wsgi examples.hello:app`` or, from this folder,
+``yimmo-wsgi hello:app``.
+"""
 
 
 def app(environ, start_response):

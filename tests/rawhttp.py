@@ -276,7 +276,7 @@ class Connection:
             try:
                 size = int(size_text, 16)
             except ValueError:
-                raise ProtocolError("bad chunk size line %r" % line)
+                raise ProtocolError("bad chunk size line %r" % line) from None
             if size == 0:
                 break
             data = self.read_exact(size + 2, max(0.001, deadline - time.monotonic()))

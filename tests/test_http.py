@@ -1005,7 +1005,7 @@ def test_random_garbage_never_crashes_the_server(serve):
     statuses = []
     answered = 0
     t0 = time.monotonic()
-    for batch in range(3):
+    for _ in range(3):
         datas = [_garbage(rng) for _ in range(100)]
         conns = []
         try:

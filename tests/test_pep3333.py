@@ -716,7 +716,7 @@ def test_close_called_once_on_normal_end(server):
     r = request(server, target="/stream?key=%s&size=100000&block=1000" % key)
     assert r.status == 200
     assert r.body == expected_stream(100000, 1000)
-    s = wait_stats(server, key, lambda s: s["closed"] >= 1)
+    wait_stats(server, key, lambda s: s["closed"] >= 1)
     time.sleep(0.2)
     s = stats(server, key)
     assert s["closed"] == 1
@@ -728,7 +728,7 @@ def test_close_called_once_for_head(server):
     key = new_key()
     r = request(server, "HEAD", "/stream?key=%s&size=5000&block=1000" % key)
     assert r.status == 200 and r.body == b""
-    s = wait_stats(server, key, lambda s: s["closed"] >= 1)
+    wait_stats(server, key, lambda s: s["closed"] >= 1)
     time.sleep(0.2)
     assert stats(server, key)["closed"] == 1
 

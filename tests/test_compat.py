@@ -113,6 +113,19 @@ def test_accept_loop_left_alone_when_it_changed(probes, monkeypatch):
     assert type(port) is tcp.Port
 
 
+# -- how an endpoint listens -------------------------------------------------------------
+
+def test_listen_arguments(certificate):  # noqa: F811
+    cert, key = certificate
+    assert compat.listen_arguments("tcp:81:interface=127.0.0.1:backlog=5") == {
+        "port": 81, "interface": "127.0.0.1", "backlog": 5}
+    assert compat.listen_arguments("unix:/run/a.sock:mode=640") == {
+        "address": "/run/a.sock", "backlog": 50, "mode": 0o640, "wantPID": True}
+    tls = compat.listen_arguments("ssl:443:backlog=9:privateKey=%s:certKey=%s" % (key, cert))
+    assert (tls["port"], tls["interface"], tls["backlog"]) == (443, "", 9)
+    assert tls["contextFactory"].getContext() is not None
+
+
 # -- PROXY protocol ----------------------------------------------------------------------
 
 def test_proxy_wrapper_is_twisteds(probes):
@@ -177,5 +190,5 @@ def test_ssl_context_factory(certificate, monkeypatch):  # noqa: F811
     # An endpoint that no longer goes through listenSSL stops the start, saying why.
     monkeypatch.setattr(endpoints.SSL4ServerEndpoint, "listen",
                         lambda self, factory: defer.succeed(None))
-    with pytest.raises(ValueError, match="cannot find the TLS context"):
+    with pytest.raises(ValueError, match="cannot find how 'ssl:0:.*' listens"):
         compat.ssl_context_factory(description)

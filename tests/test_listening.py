@@ -12,6 +12,7 @@ import shutil
 import socket
 import ssl
 import stat
+import struct
 import subprocess
 import time
 from typing import Dict, List, Optional
@@ -30,26 +31,28 @@ def _ssl_endpoint(cert: str, key: str) -> str:
 
 
 def _start_tls(serve, certificate, how: str, no_proc: str):
-    """A server of ``apps:hello`` with TLS set up ``how``: tls-cert, ssl or haproxy-ssl."""
+    """A server of ``apps:hello`` with TLS set up ``how``: tls-cert or ssl."""
     cert, key = certificate
     if how == "tls-cert":
         return serve("apps:hello", "-P", "0", "--tls-cert", cert, "--tls-key", key,
                      "-p", no_proc, listen=False)
-    prefix = "haproxy:" if how == "haproxy-ssl" else ""
-    return serve("apps:hello", "--listen", prefix + _ssl_endpoint(cert, key), "-p", no_proc,
+    return serve("apps:hello", "--listen", _ssl_endpoint(cert, key), "-p", no_proc,
                  listen=False)
 
 
-def _tls_exchange(port: int, alpn: Optional[List[str]], data: bytes = b""):
-    """(ALPN protocol selected, response) of one request over TLS; ``data`` goes first."""
+def _tls_exchange(port: int, alpn: Optional[List[str]], clear: bytes = b""):
+    """(ALPN protocol selected, response) of one request over TLS; ``clear`` goes first,
+    before the handshake (a PROXY header)."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     if alpn is not None:
         context.set_alpn_protocols(alpn)
-    sock = context.wrap_socket(socket.create_connection((LOCAL, port), timeout=5))
+    plain = socket.create_connection((LOCAL, port), timeout=5)
+    plain.sendall(clear)
+    sock = context.wrap_socket(plain)
     with _over(sock) as c:
-        c.send(data + rawhttp.request(headers={"Connection": "close"}))
+        c.send(rawhttp.request(headers={"Connection": "close"}))
         return sock.selected_alpn_protocol(), c.read_response()
 
 
@@ -79,12 +82,28 @@ def test_alpn_selects_http11(serve, certificate, how, no_proc, alpn, selected):
     assert (protocol, r.status, r.body) == (selected, 200, b"Hello, World!\n")
 
 
-def test_alpn_behind_proxy_protocol(serve, certificate):
-    """haproxy:ssl: (one process: TLS outside, its PROXY header inside, as Twisted has it)."""
-    server = _start_tls(serve, certificate, "haproxy-ssl", "1")
-    header = b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 80\r\n"
-    protocol, r = _tls_exchange(server.port, ["h2", "http/1.1"], header)
+# The same client, 203.0.113.7:40000, in the PROXY header of each version.
+PROXY_HEADERS = {
+    "v1": b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 443\r\n",
+    "v2": b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + socket.inet_aton("203.0.113.7")
+          + socket.inet_aton(LOCAL) + struct.pack("!HH", 40000, 443),
+}
+
+
+@pytest.mark.parametrize("version", list(PROXY_HEADERS))
+@pytest.mark.parametrize("no_proc", ["1", "2"])
+def test_alpn_behind_proxy_protocol(serve, certificate, no_proc, version):
+    """haproxy:ssl: as a load balancer speaks to a TLS backend (HAProxy's ``ssl
+    send-proxy-v2``): the PROXY header in the clear, then the TLS handshake, with one
+    process as with several."""
+    cert, key = certificate
+    server = serve("apps:environ_app", "--listen", "haproxy:" + _ssl_endpoint(cert, key),
+                   "-p", no_proc, listen=False)
+    protocol, r = _tls_exchange(server.port, ["h2", "http/1.1"], PROXY_HEADERS[version])
+    environ = r.json()
     assert (protocol, r.status) == ("http/1.1", 200)
+    assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"], environ["wsgi.url_scheme"]) \
+        == ("203.0.113.7", "40000", "https")
 
 
 # -- backlog -------------------------------------------------------------------------------

@@ -13,14 +13,15 @@ start-up (Server.startService) and logs one warning naming what fell back.
 * ``websocket_data_received``: autobahn's ``_dataReceived``.
 * ``runs_do_iteration``: whether a reactor's loop calls ``doIteration``, the hook of the
   worker pool (worker.WorkerPool.install; checked per reactor, when the pool installs).
-* ``ssl_context_factory``: the TLS context of an ``ssl:`` endpoint, by public API alone.
+* ``listen_arguments``, ``ssl_context_factory``: how an endpoint listens (its port,
+  backlog, TLS context...), by public API alone.
 """
 
 from __future__ import annotations
 
 import socket
 from functools import lru_cache, partial
-from typing import Callable, List
+from typing import Any, Callable, Dict, List, Optional
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet import defer, endpoints, tcp
@@ -216,29 +217,46 @@ def runs_do_iteration(reactor) -> bool:
             and cls.doIteration is not ReactorBase.doIteration)  # that one raises
 
 
-# -- TLS on an adopted socket ------------------------------------------------------------
+# -- how an endpoint listens -------------------------------------------------------------
 
-class _ListenSSL:
-    """Takes the ``listenSSL`` call of an ssl: endpoint, to keep its context factory."""
+class _Listen:
+    """
+    A reactor that keeps the arguments of the one listen call an endpoint makes, by the
+    public signatures of IReactorTCP, IReactorSSL and IReactorUNIX, instead of listening.
+    """
 
-    context = None
+    call: Optional[Dict[str, Any]] = None
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        self.call = {"port": port, "backlog": backlog, "interface": interface}
 
     def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
-        self.context = contextFactory
+        self.call = {"port": port, "contextFactory": contextFactory, "backlog": backlog,
+                     "interface": interface}
+
+    def listenUNIX(self, address, factory, backlog=50, mode=0o666, wantPID=0):
+        self.call = {"address": address, "backlog": backlog, "mode": mode,
+                     "wantPID": wantPID}
+
+
+def listen_arguments(description: str) -> Dict[str, Any]:
+    """
+    How the ``tcp:``, ``ssl:`` or ``unix:`` endpoint ``description`` listens, by the
+    names of the reactor's listen call: port, interface, backlog, contextFactory; address,
+    backlog, mode, wantPID.  Its endpoint hands them to the reactor, which is public;
+    the attributes it keeps them in are not.
+    """
+    capture = _Listen()
+    listening = endpoints.serverFromString(capture, description).listen(Factory())
+    listening.addErrback(lambda failure: None)  # no call: raised below
+    if capture.call is None:
+        raise ValueError("cannot find how %r listens" % description)
+    return capture.call
 
 
 def ssl_context_factory(description: str):
-    """
-    The TLS context factory of the ``ssl:`` endpoint ``description``, for a socket that
-    is already listening (adopted).  An SSL4ServerEndpoint hands it to its reactor's
-    listenSSL, which is public; the attribute it keeps it in is not.
-    """
-    capture = _ListenSSL()
-    listening = endpoints.serverFromString(capture, description).listen(Factory())
-    listening.addErrback(lambda failure: None)  # no context: raised below
-    if capture.context is None:
-        raise ValueError("cannot find the TLS context of %r" % description)
-    return capture.context
+    """The TLS context factory of the ``ssl:`` endpoint ``description``."""
+    return listen_arguments(description)["contextFactory"]
 
 
 # -- at start-up -------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from time import monotonic
 from typing import Callable, Dict, List, Optional, Tuple
 
 from twisted.application import service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
@@ -39,7 +39,7 @@ from zope.interface import implementer
 
 from .config import Settings
 from .logs import banner, logger, set_level, start_logging
-from .server import describe, split_endpoint, take_stop_signals
+from .server import describe, listening_endpoint, take_stop_signals
 
 log = logger("yimmo.proc")
 
@@ -152,7 +152,7 @@ class Manager(service.Service):
         # server processes' output then comes through the manager into that log.
         self.relay = isinstance(sys.stdout, LoggingFile)
         for description in self.settings.endpoints():
-            endpoint = endpoints.serverFromString(self.reactor, split_endpoint(description)[1])
+            endpoint = listening_endpoint(self.reactor, description)
             port = yield endpoint.listen(_Listening())
             port.stopReading()  # the server processes accept; the manager only holds it
             self.ports.append(port)

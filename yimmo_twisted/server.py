@@ -15,7 +15,7 @@ from typing import Callable, List, Optional, Set, Tuple
 from twisted.application import service
 from twisted.internet import defer, endpoints, task, unix
 from twisted.internet.error import ReactorNotRunning
-from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.internet.interfaces import IProtocolNegotiationFactory, IStreamServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.protocols.policies import WrappingFactory
@@ -45,19 +45,24 @@ def url_scheme(description: str) -> str:
     return "https" if split_endpoint(description)[1].startswith("ssl:") else "http"
 
 
+def listening_endpoint(reactor, description: str) -> IStreamServerEndpoint:
+    """
+    The endpoint that listens for ``description``: the one beneath ``haproxy:``, except
+    that ``ssl:`` listens on plain TCP (its port, interface and backlog) and TLS goes on
+    in Server._factory, inside the PROXY wrapper: a load balancer sends the PROXY header
+    in the clear, before the TLS handshake.  So one process and several (whose sockets,
+    handed over by the manager, are plain TCP) build the same protocols.
+    """
+    inner = split_endpoint(description)[1]
+    if not inner.startswith("ssl:"):
+        return endpoints.serverFromString(reactor, inner)
+    listen = compat.listen_arguments(inner)
+    return endpoints.TCP4ServerEndpoint(reactor, listen["port"], listen["backlog"],
+                                        listen["interface"])
+
+
 @implementer(IProtocolNegotiationFactory)
-class _SpeaksHTTP:
-    """
-    For ALPN: Twisted's TLS asks the factory it wraps for the protocols it may select (a
-    SessionFactory, or a ProxiedFactory on ``haproxy:ssl:``), and fails the handshake of
-    every client that offers ALPN when that factory names none.
-    """
-
-    def acceptableProtocols(self) -> List[bytes]:
-        return list(ALPN_PROTOCOLS)
-
-
-class SessionFactory(_SpeaksHTTP, Factory):
+class SessionFactory(Factory):
     noisy = False
 
     def __init__(self, server: "Server", base_environ: dict) -> None:
@@ -66,6 +71,12 @@ class SessionFactory(_SpeaksHTTP, Factory):
 
     def buildProtocol(self, addr) -> HTTPSession:
         return HTTPSession(self.server, self.base_environ)
+
+    def acceptableProtocols(self) -> List[bytes]:
+        """For ALPN: Twisted's TLS asks the factory it wraps (this one) for the protocols
+        it may select, and fails the handshake of every client that offers ALPN when that
+        factory names none."""
+        return list(ALPN_PROTOCOLS)
 
 
 class _Held(Protocol):
@@ -123,7 +134,7 @@ class ProxiedSession(HAProxyProtocolWrapper):
         self.wrappedProtocol = None
 
 
-class ProxiedFactory(_SpeaksHTTP, WrappingFactory):
+class ProxiedFactory(WrappingFactory):
     protocol = ProxiedSession
     noisy = False
 
@@ -183,11 +194,10 @@ class Server(service.Service):
         base = dict(self.base_environ, **{"wsgi.url_scheme": url_scheme(description)})
         factory: Factory = SessionFactory(self, base)
         proxied, inner = split_endpoint(description)
-        if self.adopted is not None and inner.startswith("ssl:"):
-            # An adopted socket is plain TCP: TLS goes on here, with the endpoint's context.
+        if inner.startswith("ssl:"):
+            # The port is plain TCP (listening_endpoint): TLS goes on here.
             from twisted.protocols.tls import TLSMemoryBIOFactory
-            context = compat.ssl_context_factory(inner)
-            factory = TLSMemoryBIOFactory(context, False, factory)
+            factory = TLSMemoryBIOFactory(compat.ssl_context_factory(inner), False, factory)
         if proxied:
             factory = ProxiedFactory(self, factory)
         return factory
@@ -225,8 +235,7 @@ class Server(service.Service):
                 self.ports.append(port)
         else:
             for description in self.settings.endpoints():
-                endpoint = endpoints.serverFromString(self.reactor,
-                                                      split_endpoint(description)[1])
+                endpoint = listening_endpoint(self.reactor, description)
                 self.ports.append((yield endpoint.listen(self._factory(description))))
         for port in self.ports:
             log.info("listening on {address}", address=describe(port))

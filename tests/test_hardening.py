@@ -234,3 +234,15 @@ def test_http10_chunked_request_is_refused(serve):
                b"5\r\nhello\r\n0\r\n\r\n")
         assert c.read_response().status == 400
         assert c.closed()
+
+
+def test_requests_pipelined_after_connection_close_are_not_processed(serve):
+    """RFC 9112 9.6: after a request with Connection: close, nothing more is processed;
+    the response still arrives whole (the server lingers instead of resetting)."""
+    s = serve("apps:app")
+    with s.connect() as c:
+        c.send(request("GET", "/", [("Connection", "close")])
+               + b"".join(request("POST", "/echo", body=b"x" * 5000) for _ in range(20)))
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"Hello, World!\n"
+        assert c.read_until_close(5) == b""

@@ -411,8 +411,9 @@ class HTTPSession(Protocol, Channel):
         unread = body is not None and not body.complete
         if unread or end == CLOSE:
             # A body the app left unread is not drained: the connection ends instead, after
-            # lingering so that the client reads the response before our close hits it.
-            self._close(linger=unread)
+            # lingering so that the client reads the response before our close hits it
+            # (as when requests it pipelined after a "close" one are left unanswered).
+            self._close(linger=unread or self._reader.pending > 0)
             return
         if self.inflight:
             self._dispatch_next()

@@ -37,7 +37,9 @@ VCHAR = "".join(chr(c) for c in range(0x21, 0x7f)) + "".join(chr(c) for c in ran
 tokens = st.text(alphabet=TCHAR.replace("_", ""), min_size=1, max_size=10)
 # Field names that change nothing about framing (X-...), values as a client may send them:
 # visible latin-1 with inner spaces and tabs, no leading or trailing whitespace.
-field_names = tokens.map(lambda t: "X-" + t)
+# A few fixed names too, so that repeats (joined with ", ") come up often.
+field_names = st.one_of(st.sampled_from(["X-A", "x-a", "X-Repeat"]),
+                        tokens.map(lambda t: "X-" + t))
 field_values = st.builds(
     lambda first, rest: first + rest,
     st.text(alphabet=VCHAR, min_size=1, max_size=1),

@@ -5,20 +5,26 @@ and each fallback works when its probe fails.
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 from functools import partial
 
 import pytest
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet import abstract, asyncioreactor, epollreactor, pollreactor, selectreactor
-from twisted.internet import defer, endpoints, tcp
+from twisted.internet import defer, endpoints, tcp, unix
+from twisted.internet.address import IPv4Address
 from twisted.internet.base import ReactorBase
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.protocols.policies import ProtocolWrapper
 
+from test_listening import _backlogs
 from test_startup import certificate  # noqa: F401  (a fixture)
 from yimmo_twisted import compat
+from yimmo_twisted.server import ProxiedFactory
 
 
 @pytest.fixture
@@ -113,6 +119,82 @@ def test_accept_loop_left_alone_when_it_changed(probes, monkeypatch):
     assert type(port) is tcp.Port
 
 
+# -- endpoint strings --------------------------------------------------------------------
+
+ENDPOINTS = [
+    "tcp:8081", "tcp:8081:interface=127.0.0.1:backlog=5", r"unix:/run/a\:b.sock:mode=600",
+    r"ssl:443:privateKey=C\:/key.pem:certKey=/x\=y.crt", "tcp6:port=80:interface=\\:\\:1",
+    "systemd:domain=INET:index=0", "unix:/a=b=c", "", "tcp:", "a\\\\b:c",
+]
+
+
+def test_parse_endpoint_is_twisteds(probes):
+    assert compat.endpoint_parse_ok()
+    assert compat.parse_endpoint("unix:/run/a\\:b:backlog=5") == (["unix", "/run/a:b"],
+                                                                  {"backlog": "5"})
+
+
+@pytest.mark.parametrize("description", ENDPOINTS)
+def test_parse_endpoint_fallback_reads_as_twisted_does(description):
+    assert compat._parse_quoted(description) == endpoints._parse(description)
+
+
+def test_parse_endpoint_falls_back(probes, monkeypatch):
+    monkeypatch.delattr(endpoints, "_parse")
+    assert not compat.endpoint_parse_ok()
+    assert compat.parse_endpoint(r"unix:/run/a\:b\=c.sock:mode=600:backlog=5") == (
+        ["unix", "/run/a:b=c.sock"], {"mode": "600", "backlog": "5"})
+
+
+# -- adopting a Unix socket --------------------------------------------------------------
+
+class Accepted(Protocol):
+    def connectionMade(self):
+        self.factory.accepted.append(self)
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_adopt_unix_port(probes, monkeypatch, tmp_path, private):
+    """The endpoint's backlog and mode on a socket the manager listens on (with others):
+    by Twisted's private constructor, or its public adoptStreamPort and fixing up after."""
+    assert compat.unix_adoption_ok()
+    if not private:
+        monkeypatch.setattr(compat, "unix_adoption_ok", lambda: False)
+    path = str(tmp_path / "adopted.sock")
+    manager = socket.socket(socket.AF_UNIX)
+    manager.bind(path)
+    os.chmod(path, 0o600)
+    manager.listen(3)
+    manager.setblocking(False)
+    reactor = selectreactor.SelectReactor()
+    factory = Factory.forProtocol(Accepted)
+    factory.accepted = []
+    port = compat.adopt_unix_port(reactor, manager.fileno(), factory, 7, 0o600)
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert _backlogs().get(path) == 7
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(path)
+            for _ in range(20):
+                if factory.accepted:
+                    break
+                reactor.iterate(0.05)
+            assert len(factory.accepted) == 1
+    finally:
+        port.stopListening()
+        reactor.runUntilCurrent()
+        manager.close()
+
+
+@pytest.mark.parametrize("change", ["renamed", "listens otherwise"])
+def test_unix_adoption_probe_fails_when_twisted_changed(probes, monkeypatch, change):
+    if change == "renamed":
+        monkeypatch.delattr(unix.Port, "_fromListeningDescriptor")
+    else:
+        monkeypatch.setattr(unix.Port, "startListening", lambda self: None)
+    assert not compat.unix_adoption_ok()
+
+
 # -- how an endpoint listens -------------------------------------------------------------
 
 def test_listen_arguments(certificate):  # noqa: F811
@@ -142,6 +224,76 @@ def test_proxy_info_probe_fails_without_proxy_info(probes, monkeypatch):
 
     monkeypatch.setattr(compat, "HAProxyProtocolWrapper", Renamed)
     assert not compat.proxy_info_ok()
+
+
+class Session(Protocol):
+    """What the PROXY wrapper starts: when, with which peer, and what it then receives."""
+
+    def __init__(self):
+        self.peer = None
+        self.received = b""
+
+    def connectionMade(self):
+        self.peer = self.transport.getPeer()
+
+    def dataReceived(self, data):
+        self.received += data
+
+
+class Server:
+    """The part of server.Server that a ProxiedSession uses."""
+
+    def __init__(self):
+        self.awaiting_header = set()
+
+    def now(self):
+        return 0.0
+
+
+def proxied_session():
+    server, session = Server(), Session()
+    factory = ProxiedFactory(server, Factory.forProtocol(lambda: session))
+    wrapper = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+    wrapper.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1",
+                                                                   5678)))
+    return server, wrapper, session
+
+
+V2_LOCAL = b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00"  # a health check: no address
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_proxied_session_starts_once_the_header_is_read(probes, monkeypatch, private):
+    if not private:
+        monkeypatch.setattr(compat, "proxy_info_ok", lambda: False)
+        assert compat.proxy_passes_on_ok()
+    server, wrapper, session = proxied_session()
+    for chunk in (compat._PROXY_V1[:10], compat._PROXY_V1[10:-1]):
+        wrapper.dataReceived(chunk)
+        assert session.transport is None and server.awaiting_header == {wrapper}
+    wrapper.dataReceived(compat._PROXY_V1[-1:] + b"GET")
+    assert (session.peer.host, session.peer.port, session.received) == ("192.0.2.1", 1111,
+                                                                        b"GET")
+    assert not server.awaiting_header
+    wrapper.dataReceived(b" / HTTP/1.1")
+    assert session.received == b"GET / HTTP/1.1"
+    # A header alone, without an address (LOCAL): the session starts with the proxy's.
+    server, wrapper, session = proxied_session()
+    wrapper.dataReceived(V2_LOCAL)
+    assert (session.peer.host, session.peer.port, session.received) == ("127.0.0.1", 5678, b"")
+    # No header: closed, never started.
+    server, wrapper, session = proxied_session()
+    wrapper.dataReceived(b"GET / HTTP/1.1\r\n")
+    assert session.transport is None and wrapper.transport.disconnecting
+
+
+def test_proxy_protocol_refused_at_start_up_when_nothing_tells_the_header_end(monkeypatch):
+    compat.check_proxy_protocol()
+    monkeypatch.setattr(compat, "proxy_info_ok", lambda: False)
+    compat.check_proxy_protocol()
+    monkeypatch.setattr(compat.HAProxyProtocolWrapper, "dataReceived", lambda self, data: None)
+    with pytest.raises(RuntimeError, match="haproxy: endpoints cannot work"):
+        compat.check_proxy_protocol()
 
 
 # -- autobahn ----------------------------------------------------------------------------

@@ -9,7 +9,11 @@ start-up (Server.startService) and logs one warning naming what fell back.
 
 * ``writer``: writing to a plain TCP socket directly (tcp.Connection's buffers).
 * ``one_accept_per_wake_up``: a listening port's ``numberAccepts``.
-* ``HAProxyProtocolWrapper`` and its ``_proxyInfo`` (server.ProxiedSession).
+* ``parse_endpoint``: Twisted's tokenizer of endpoint strings, ``endpoints._parse``.
+* ``adopt_unix_port``: ``unix.Port._fromListeningDescriptor``, to adopt a Unix socket
+  with its endpoint's backlog and mode.
+* ``HAProxyProtocolWrapper`` and its ``_proxyInfo`` (``read_proxy_header``, used by
+  server.ProxiedSession).
 * ``websocket_data_received``: autobahn's ``_dataReceived``.
 * ``runs_do_iteration``: whether a reactor's loop calls ``doIteration``, the hook of the
   worker pool (worker.WorkerPool.install; checked per reactor, when the pool installs).
@@ -19,12 +23,13 @@ start-up (Server.startService) and logs one warning naming what fell back.
 
 from __future__ import annotations
 
+import os
 import socket
 from functools import lru_cache, partial
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
-from twisted.internet import defer, endpoints, tcp
+from twisted.internet import defer, endpoints, tcp, unix
 from twisted.internet.base import ReactorBase
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.haproxy import proxyEndpoint
@@ -139,6 +144,110 @@ def one_accept_per_wake_up(port) -> None:
         port.__class__ = _shared(type(port))
 
 
+# -- endpoint strings --------------------------------------------------------------------
+
+# An endpoint string with every rule relied on (escaped ':' and '=', a '=' in a value),
+# and how serverFromString reads it.
+_ENDPOINT = r"unix:/run/a\:b\=c.sock:mode=600:backlog=5:x=y=z"
+_ENDPOINT_PARSED = (["unix", "/run/a:b=c.sock"], {"mode": "600", "backlog": "5", "x": "y=z"})
+
+
+@lru_cache(maxsize=None)
+def endpoint_parse_ok() -> bool:
+    """``endpoints._parse`` splits an endpoint string as serverFromString reads it."""
+    try:
+        return endpoints._parse(_ENDPOINT) == _ENDPOINT_PARSED
+    except Exception:
+        return False
+
+
+def _parse_quoted(description: str) -> Tuple[List[str], Dict[str, str]]:
+    """
+    The rules of endpoints.quoteStringArgument, read back: ``:`` separates the
+    arguments, the first ``=`` in one makes it a keyword, a backslash escapes the next
+    character.
+    """
+    args: List[str] = []
+    keywords: Dict[str, str] = {}
+    text, key = "", None
+    chars = iter(description)
+    for char in chars:
+        if char == "\\":
+            text += next(chars, "")
+        elif char == "=" and key is None:
+            key, text = text, ""
+        elif char == ":":
+            if key is None:
+                args.append(text)
+            else:
+                keywords[key] = text
+            text, key = "", None
+        else:
+            text += char
+    if key is None:
+        args.append(text)
+    else:
+        keywords[key] = text
+    return args, keywords
+
+
+def parse_endpoint(description: str) -> Tuple[List[str], Dict[str, str]]:
+    """
+    (positional, keyword) arguments of the endpoint string ``description``: by Twisted's
+    own tokenizer, which reads the escapes exactly as serverFromString will; else by its
+    documented quoting rules.
+    """
+    if endpoint_parse_ok():
+        return endpoints._parse(description)
+    return _parse_quoted(description)
+
+
+# -- adopting a listening Unix socket ----------------------------------------------------
+
+@lru_cache(maxsize=None)
+def unix_adoption_ok() -> bool:
+    """
+    ``unix.Port._fromListeningDescriptor`` makes a port, not yet listening, of a socket,
+    and its startListening listens with the port's ``backlog`` and chmods to its ``mode``.
+    """
+    a, b = socket.socketpair()
+    port = None
+    try:
+        port = unix.Port._fromListeningDescriptor(_NoReactor(), a.fileno(), Factory())
+        used = set(unix.Port.startListening.__code__.co_names)
+        return (type(port) is unix.Port and not port.connected and hasattr(port, "backlog")
+                and hasattr(port, "mode") and {"backlog", "mode", "_preexistingSocket"} <= used)
+    except Exception:
+        return False
+    finally:
+        held = getattr(port, "_preexistingSocket", None)
+        if held is not None:
+            held.close()
+        a.close()
+        b.close()
+
+
+def adopt_unix_port(reactor, fd: int, factory: Factory, backlog: int, mode: int):
+    """
+    The port of the listening Unix socket ``fd`` (inherited from the manager), with its
+    endpoint's ``backlog`` and ``mode``: Twisted's adoptStreamPort listens and chmods it
+    again, with its defaults (50, 0666).
+    """
+    if unix_adoption_ok():
+        port = unix.Port._fromListeningDescriptor(reactor, fd, factory)
+        port.backlog, port.mode = backlog, mode
+        port.startListening()
+        return port
+    port = reactor.adoptStreamPort(fd, socket.AF_UNIX, factory)
+    # Set right again at once (in between, the socket file was open to all).
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        path = sock.getsockname()
+        if path and path[:1] not in ("\0", b"\0"):  # not in the abstract namespace
+            os.chmod(path, mode)
+        sock.listen(backlog)
+    return port
+
+
 # -- the PROXY protocol ------------------------------------------------------------------
 
 def _proxy_wrapper_class() -> type:
@@ -176,6 +285,67 @@ def proxy_info_ok() -> bool:
         return wrapper._proxyInfo is not None and wrapper.getPeer().host == "192.0.2.1"
     except Exception:
         return False
+
+
+class _Held(Protocol):
+    """Stands in for the protocol behind a PROXY wrapper while the header is read: keeps
+    what the wrapper passes on (the bytes after the header)."""
+
+    def __init__(self) -> None:
+        self.received: Optional[bytes] = None  # None: nothing passed on yet
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received = (self.received or b"") + data
+
+
+def proxy_passes_on_ok() -> bool:
+    """
+    What read_proxy_header falls back on: the wrapper passes nothing on until its
+    header ends, and then every read, even an empty one.
+    """
+    try:
+        held = _Held()
+        wrapper = HAProxyProtocolWrapper(Factory(), held)
+        for part in (_PROXY_V1[:20], b"", _PROXY_V1[20:]):
+            wrapper.dataReceived(part)
+            if held.received is not None:
+                return False
+        wrapper.dataReceived(b"")
+        return held.received == b"" and wrapper.getPeer().host == "192.0.2.1"
+    except Exception:
+        return False
+
+
+def check_proxy_protocol() -> None:
+    """At start-up, for haproxy: endpoints: read_proxy_header can tell where headers end."""
+    if not (proxy_info_ok() or proxy_passes_on_ok()):
+        import twisted
+        raise RuntimeError("haproxy: endpoints cannot work on Twisted %s: its PROXY wrapper "
+                           "shows neither when the header has been read (_proxyInfo) nor "
+                           "what follows it" % twisted.__version__)
+
+
+def read_proxy_header(wrapper, feed: Callable[[bytes], None],
+                      data: bytes) -> Optional[bytes]:
+    """
+    Give ``data`` to ``wrapper``, a PROXY wrapper still reading its header, through
+    ``feed`` (the wrapper's own dataReceived): the bytes after the header once it has
+    been read (b"" if none), else None.  Meanwhile the protocol behind the wrapper sees
+    nothing: it starts only once the header is read (server.ProxiedSession).
+    """
+    protocol, held = wrapper.wrappedProtocol, _Held()
+    wrapper.wrappedProtocol = held
+    try:
+        feed(data)
+        if proxy_info_ok():
+            done = wrapper._proxyInfo is not None
+        else:
+            if held.received is None and not wrapper.disconnecting:
+                feed(b"")  # passed on only once the header has been read
+            done = held.received is not None
+    finally:
+        wrapper.wrappedProtocol = protocol
+    return (held.received or b"") if done else None
 
 
 # -- autobahn ----------------------------------------------------------------------------
@@ -266,8 +436,12 @@ PROBES = (
      direct_write_ok),
     ("one accept per wake-up on shared sockets (tcp.Port.numberAccepts): Twisted's "
      "accept loop instead", accept_limit_ok),
-    ("the PROXY header state (HAProxyProtocolWrapper._proxyInfo): haproxy: endpoints "
-     "cannot work", proxy_info_ok),
+    ("Twisted's tokenizer of endpoint strings (endpoints._parse): its quoting rules read "
+     "here instead", endpoint_parse_ok),
+    ("adopting Unix sockets (unix.Port._fromListeningDescriptor): adoptStreamPort, then "
+     "the endpoint's mode and backlog set again", unix_adoption_ok),
+    ("the PROXY header state (HAProxyProtocolWrapper._proxyInfo): an empty read after "
+     "each chunk of the header tells its end instead", proxy_info_ok),
     ("autobahn's _dataReceived: its dataReceived instead", autobahn_receive_ok),
 )
 

@@ -383,10 +383,9 @@ def split_endpoint(description: str) -> Tuple[bool, str]:
 
 
 def _with_backlog(description: str, backlog: int) -> str:
-    # Twisted's own tokenizer of endpoint strings: escapes read as serverFromString reads them.
-    from twisted.internet.endpoints import _parse
+    from .compat import parse_endpoint  # here: compat imports Twisted and autobahn
 
-    args, keywords = _parse(split_endpoint(description)[1])
+    args, keywords = parse_endpoint(split_endpoint(description)[1])
     if not args or args[0] not in BACKLOG_TYPES or "backlog" in keywords:
         return description
     return "%s:backlog=%d" % (description, backlog)

@@ -13,7 +13,7 @@ from time import monotonic
 from typing import Callable, List, Optional, Set, Tuple
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, task, unix
+from twisted.internet import defer, endpoints, task
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IProtocolNegotiationFactory, IStreamServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -79,16 +79,6 @@ class SessionFactory(Factory):
         return list(ALPN_PROTOCOLS)
 
 
-class _Held(Protocol):
-    """Stands in for the session while the PROXY header is parsed: keeps what follows it."""
-
-    def __init__(self) -> None:
-        self.data: List[bytes] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data.append(data)
-
-
 class ProxiedSession(HAProxyProtocolWrapper):
     """
     Twisted's PROXY protocol wrapper, except that the session starts only once the header
@@ -113,18 +103,13 @@ class ProxiedSession(HAProxyProtocolWrapper):
         if self._started:
             self.wrappedProtocol.dataReceived(data)
             return
-        session, held = self.wrappedProtocol, _Held()
-        self.wrappedProtocol = held
-        try:
-            super().dataReceived(data)
-        finally:
-            self.wrappedProtocol = session
-        if self._proxyInfo is not None and not self.disconnecting:
+        rest = compat.read_proxy_header(self, super().dataReceived, data)
+        if rest is not None and not self.disconnecting:
             self._started = True
             self.factory.server.awaiting_header.discard(self)
-            session.makeConnection(self)
-            if held.data:
-                session.dataReceived(b"".join(held.data))
+            self.wrappedProtocol.makeConnection(self)
+            if rest:
+                self.wrappedProtocol.dataReceived(rest)
 
     def connectionLost(self, reason) -> None:
         self.factory.unregisterProtocol(self)
@@ -199,6 +184,7 @@ class Server(service.Service):
             from twisted.protocols.tls import TLSMemoryBIOFactory
             factory = TLSMemoryBIOFactory(compat.ssl_context_factory(inner), False, factory)
         if proxied:
+            compat.check_proxy_protocol()
             factory = ProxiedFactory(self, factory)
         return factory
 
@@ -207,13 +193,9 @@ class Server(service.Service):
         factory = self._factory(description)
         if family != socket.AF_UNIX:
             return self.reactor.adoptStreamPort(fd, family, factory)
-        # Twisted's adopted Unix port listens and chmods again, with its defaults (backlog
-        # 50, mode 0666): it gets the endpoint's before it starts instead.
-        endpoint = endpoints.serverFromString(self.reactor, split_endpoint(description)[1])
-        port = unix.Port._fromListeningDescriptor(self.reactor, fd, factory)
-        port.backlog, port.mode = endpoint._backlog, endpoint._mode
-        port.startListening()
-        return port
+        listen = compat.listen_arguments(split_endpoint(description)[1])
+        return compat.adopt_unix_port(self.reactor, fd, factory, listen["backlog"],
+                                      listen["mode"])
 
     @defer.inlineCallbacks
     def startService(self):

@@ -17,6 +17,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from .forwarded import DEFAULT as FORWARDED_DEFAULT
+from .forwarded import Trusted
+
 PROXY_PREFIX = "haproxy:"
 # Endpoint types that listen with a ``backlog=`` (systemd's sockets come listening).
 BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
@@ -134,6 +137,13 @@ def _seconds_or_off(raw: Any) -> float:
     return value
 
 
+def _allow_ips(raw: Any) -> List[str]:
+    """IP addresses, networks, unix or *, as forwarded.Trusted takes them."""
+    items = _names(raw)
+    Trusted(items)  # raises ValueError naming a bad entry
+    return items
+
+
 def _names(raw: Any) -> List[str]:
     """Names: a YAML list, or one string (commas or whitespace separate several)."""
     items = raw if isinstance(raw, (list, tuple)) else str(raw).replace(",", " ").split()
@@ -195,6 +205,12 @@ OPTIONS = (
            "PEM certificate (chain): with --tls-key, --port serves HTTPS", "FILE"),
     Option("tls_key", _file, "YIMMO_TLS_KEY_PATH", ("--tls-key",), _w("tls", "key"),
            "PEM private key of --tls-cert", "FILE"),
+    Option("forwarded_allow_ips", _allow_ips, "YIMMO_FORWARDED_ALLOW_IPS",
+           ("--forwarded-allow-ips",), _w("forwarded_allow_ips"),
+           "peers whose X-Forwarded-For/-Proto/-Host/-Port and Forwarded headers set "
+           "REMOTE_ADDR, the scheme and the host: IP addresses, networks (10.0.0.0/8), "
+           "unix (Unix-socket clients), * (any); others' are passed on, never trusted",
+           "IPS"),
     Option("grace", _seconds, "YIMMO_WSGI_GRACE", ("--grace",), _w("grace"),
            "seconds in-flight requests may take to finish on SIGTERM/SIGINT/SIGHUP"),
     Option("idle_timeout", _seconds, "YIMMO_SERVER_IDLE_TIMEOUT", ("--idle-timeout",),
@@ -305,6 +321,7 @@ class Settings:
     access_log: str = "combined"
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
+    forwarded_allow_ips: List[str] = field(default_factory=lambda: list(FORWARDED_DEFAULT))
     grace: float = 30.0
     idle_timeout: float = 5.0  # as yimmo-wsgi
     header_timeout: float = 10.0

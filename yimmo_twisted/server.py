@@ -26,6 +26,7 @@ from .compat import HAProxyProtocolWrapper
 from .config import Settings, split_endpoint
 from .context import ErrorStream, FileWrapper
 from .exchange import SERVER_SOFTWARE
+from .forwarded import Trusted
 from .logs import AccessLog, logger
 from .session import _IDLE, HTTPSession
 from .websockets import Bridge
@@ -153,6 +154,7 @@ class Server(service.Service):
         self.handoff = Handoff(reactor, settings.output_buffer)
         self.pool = WorkerPool(app, settings.no_threads, self.handoff, settings.steal_after)
         self.websockets = Bridge(self)
+        self.trusted = Trusted(settings.forwarded_allow_ips)  # proxies (forwarded.py)
         self.access: Optional[AccessLog] = None
         if settings.access_log != "off":
             self.access = AccessLog(settings.access_log, reactor)

@@ -28,6 +28,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from . import forwarded
 from .compat import writer
 from .exchange import (
     ABORT, CLOSE, RESUME, ClientDisconnected, Exchange, HTTPError, RequestBody,
@@ -166,6 +167,9 @@ class HTTPSession(Protocol, Channel):
         base["REMOTE_PORT"] = str(getattr(peer, "port", "") or "")
         base["SERVER_NAME"] = getattr(host, "host", "") or "localhost"
         base["SERVER_PORT"] = str(getattr(host, "port", "") or "")
+        # A proxy's forwarding headers are believed from trusted peers only (forwarded.py).
+        self._trusted = self.server.trusted if base["REMOTE_ADDR"] in self.server.trusted \
+            else None
         self.server.sessions.add(self)
         self.deadline = self._now() + self.settings.idle_timeout
 
@@ -295,6 +299,8 @@ class HTTPSession(Protocol, Channel):
         env["SERVER_PROTOCOL"] = "HTTP/1.1" if head.http11 else "HTTP/1.0"
         env["REQUEST_METHOD"] = head.method
         environ_target(env, head.target)
+        if self._trusted is not None:
+            forwarded.apply(env, self._trusted)
         if "HTTP_UPGRADE" in env and self.server.websockets.wants(env):
             return self._upgrade(head, env)
         body = None

@@ -9,11 +9,13 @@ both ways are also tested in process, on reactors that are built but not install
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sys
 import textwrap
 import threading
 import time
+from typing import List
 
 import pytest
 from twisted.internet import asyncioreactor, selectreactor
@@ -24,6 +26,7 @@ import rawhttp
 from conftest import ServerProcess, _env
 from yimmo_twisted.exchange import DONE
 from yimmo_twisted.logs import set_level
+from yimmo_twisted.proc import reactor_name
 from yimmo_twisted.worker import Handoff, WorkerPool
 
 pytestmark = pytest.mark.timeout(60)
@@ -31,6 +34,8 @@ pytestmark = pytest.mark.timeout(60)
 LOCAL = "tcp:0:interface=127.0.0.1"
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
           "--pidfile="]
+TWIST = [sys.executable, "-c", "from twisted.application.twist._twist import Twist; "
+         "Twist.main()", "--log-format=text"]
 # The reactors of `twistd --help-reactors` on Linux ("default" is poll), and whether the
 # pool should find its iteration hook called there.
 REACTORS = {"epoll": True, "poll": True, "select": True, "asyncio": False}
@@ -38,8 +43,8 @@ HOOKED = "iteration hook: doIteration"
 UNHOOKED = "iteration hook: none"
 
 
-def twistd(*args: str) -> ServerProcess:
-    server = ServerProcess(TWISTD + list(args), _env(None))
+def twistd(*args: str, command: List[str] = TWISTD) -> ServerProcess:
+    server = ServerProcess(command + list(args), _env(None))
     server._wait_listening(15)
     return server
 
@@ -97,6 +102,33 @@ def test_twistd_reactor_serves_http_and_websockets(name):
         check_stops(server)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("command", [TWISTD, TWIST], ids=["twistd", "twist"])
+def test_server_processes_run_the_managers_reactor(command):
+    """--reactor=asyncio with -p 2: the server processes run asyncio too, as the manager
+    does (their pools say so; under twistd their lines come through the manager's log)."""
+    server = twistd("--reactor=asyncio", "yimmo", "--app", "reactor_apps:app", "-p", "2",
+                    "--listen", LOCAL, "--log-level", "DEBUG", command=command)
+    try:
+        for slot in (0, 1):
+            server.wait_for_output(r"server process %d ready" % slot, 15)
+        check_serves(server)
+        hooks = re.findall(r"iteration hook: ([^\n\"]*)", server.output())
+        assert hooks == ["none, AsyncioSelectorReactor runs another loop; batches go by "
+                         "callLater(0), output by callFromThread"] * 2, server.output()
+    finally:
+        server.stop()
+
+
+def test_reactor_name(asyncio_reactor):
+    """The name twistd's --reactor gives a running reactor's type; None for others."""
+    class Custom(selectreactor.SelectReactor):
+        pass
+
+    assert reactor_name(asyncio_reactor) == "asyncio"
+    assert reactor_name(selectreactor.SelectReactor()) == "select"
+    assert reactor_name(Custom()) is None
 
 
 def test_tac_file_installing_the_asyncio_reactor(tmp_path):

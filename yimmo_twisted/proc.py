@@ -10,9 +10,11 @@ that dies or is replaced never takes queued connections with it, so a restart or
 SIGHUP reload refuses no connection (SO_REUSEPORT gives each process its own queue, whose
 connections are reset when that process closes it).
 
-A server process (``python -m yimmo_twisted.proc SPEC``) talks to the manager over two
-pipes: its stdin (EOF: the manager is gone, drain and exit, so that no process outlives a
-killed manager) and its fd 3 ("ready", or the error that stopped it at start-up).
+A server process (``python -m yimmo_twisted.proc SPEC``) runs the manager's kind of
+reactor (``twistd --reactor=asyncio`` runs asyncio in every process) and talks to the
+manager over two pipes: its stdin (EOF: the manager is gone, drain and exit, so that no
+process outlives a killed manager) and its fd 3 ("ready", or the error that stopped it at
+start-up).
 
 Signals: SIGTERM/SIGINT stop the manager's reactor; stopping, the manager closes its
 sockets and sends SIGTERM to every server process, which stops accepting and drains its
@@ -30,6 +32,7 @@ from time import monotonic
 from typing import Callable, Dict, List, Optional, Tuple
 
 from twisted.application import service
+from twisted.application.reactors import getReactorTypes, installReactor
 from twisted.internet import defer
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -114,6 +117,19 @@ class ServerProcess(ProcessProtocol):
         self.ended.callback(None)
 
 
+def reactor_name(reactor) -> Optional[str]:
+    """
+    The name ``twistd --reactor`` gives to the type of ``reactor`` (``asyncio``,
+    ``epoll``...), for the server processes to install the same; None for a reactor
+    twistd does not know.
+    """
+    module = type(reactor).__module__
+    for installer in getReactorTypes():
+        if installer.moduleName == module:
+            return installer.shortName
+    return None
+
+
 class _Listening(Factory):
     """The manager's ports never accept (reading is stopped): this is never called."""
 
@@ -140,6 +156,7 @@ class Manager(service.Service):
         self.stopping = False
         self.reloading = False
         self.relay = False
+        self.reactor_name: Optional[str] = None  # what the server processes install
 
     # -- start ---------------------------------------------------------------------
 
@@ -151,6 +168,10 @@ class Manager(service.Service):
         # Under twistd, stdout is the log (and /dev/null underneath once daemonized): the
         # server processes' output then comes through the manager into that log.
         self.relay = isinstance(sys.stdout, LoggingFile)
+        self.reactor_name = reactor_name(self.reactor)
+        if self.reactor_name is None:
+            log.warn("server processes run Twisted's default reactor: {reactor} is not one "
+                     "twistd names", reactor=type(self.reactor).__qualname__)
         for description in self.settings.endpoints():
             endpoint = listening_endpoint(self.reactor, description)
             port = yield endpoint.listen(_Listening())
@@ -175,7 +196,8 @@ class Manager(service.Service):
         # The manager's sys.path goes along: a .tac file or a wrapper script may have
         # extended it for the app, and each server process imports the app itself.
         spec = json.dumps({"settings": self.settings.to_dict(), "adopted": adopted,
-                           "slot": slot, "path": sys.path, "relay": self.relay})
+                           "slot": slot, "path": sys.path, "relay": self.relay,
+                           "reactor": self.reactor_name})
         proc.pid = self.reactor.spawnProcess(
             proc, sys.executable, [sys.executable, "-m", "yimmo_twisted.proc", spec],
             env=dict(os.environ), childFDs=fds).pid
@@ -314,7 +336,16 @@ def server_process_main(argv: List[str]) -> None:
     settings = Settings.from_dict(spec["settings"])
     adopted = [tuple(a) for a in spec["adopted"]]
     set_level(settings.log_level)
-    sys.path[:] = spec["path"]
+    sys.path[:] = spec["path"]  # also where reactor plugins are found
+    if spec["reactor"] is not None:
+        # Before the app, which may import twisted.internet.reactor (and so install the
+        # default one).
+        try:
+            installReactor(spec["reactor"])
+        except Exception as e:
+            _report("error: cannot install the %s reactor: %s: %s"
+                    % (spec["reactor"], type(e).__name__, e))
+            sys.exit(EXIT_START)
     from .util import AppError, load_app
     try:
         app = load_app(settings.app_spec)

@@ -6,7 +6,7 @@ import argparse
 import os
 import signal
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from . import __version__
 from .config import OPTIONS, ConfigError, Settings, build, help_text
@@ -53,7 +53,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     except (ConfigError, AppError) as e:
         sys.exit("yimmo-wsgi: error: %s" % e)
 
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
+    reactor: Any = _reactor  # the installed reactor: IReactorCore and IReactorThreads
 
     start_logging(settings.log_level)
     if settings.no_proc == 1:

@@ -367,6 +367,7 @@ class Settings:
         if self.listen:
             descriptions = list(self.listen)
         elif self.tls:
+            assert self.tls_cert is not None and self.tls_key is not None  # check(): both
             descriptions = ["ssl:%d:privateKey=%s:certKey=%s"
                             % (self.port, _quote(self.tls_key), _quote(self.tls_cert))]
         else:
@@ -457,7 +458,7 @@ def build(overrides: Mapping[str, Any], override_source: Callable[[Option], str]
     YimmoService).  The file is named by ``config`` in the overrides or the environment.
     """
     settings = Settings()
-    path_source = None
+    path_source: Optional[str] = None
     if overrides.get("config") is not None:
         path_source = override_source(BY_NAME["config"])
         settings.set("config", overrides["config"], path_source)
@@ -468,6 +469,7 @@ def build(overrides: Mapping[str, Any], override_source: Callable[[Option], str]
         path_source = "environment variable YIMMO_WSGI_CONFIG"
         settings.set("config", environ["YIMMO_WSGI_CONFIG"], path_source)
     if settings.config:
+        assert path_source is not None  # set with config, above
         load_yaml(settings, settings.config, path_source)
     for option in OPTIONS:
         if option.env and option.env in environ and option.name != "config":

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -126,7 +126,7 @@ def _pick(hops: Sequence[Optional[str]], trusted: Trusted) -> int:
     return 0
 
 
-def apply(env: dict, trusted: Trusted) -> None:
+def apply(env: Dict[str, Any], trusted: Trusted) -> None:
     """Rewrite ``env`` from its forwarding headers (the peer is trusted: checked before)."""
     address = port = scheme = host = None
     forwarded = env.get("HTTP_FORWARDED")

@@ -17,11 +17,11 @@ import os
 import sys
 import time
 from collections import deque
-from typing import Any, Callable, List, Optional, TextIO
+from typing import Any, Callable, List, Optional, TextIO, cast
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import (
-    FilteringLogObserver, LogLevel, LogLevelFilterPredicate, Logger, globalLogBeginner,
+    FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, Logger, globalLogBeginner,
     globalLogPublisher, textFileLogObserver,
 )
 
@@ -33,7 +33,8 @@ TWISTED_LEVELS = {
 }
 
 _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
-_observer = FilteringLogObserver(lambda event: globalLogPublisher(event), [_predicate])
+_observer = FilteringLogObserver(
+    cast(ILogObserver, lambda event: globalLogPublisher(event)), [_predicate])
 
 
 def logger(namespace: str) -> Logger:

@@ -64,19 +64,23 @@ class YimmoService(service.MultiService):
             if callable_app is not None:
                 raise ConfigError("no_proc > 1 needs the application as MODULE:APP "
                                   "(each server process imports it)")
-            self.child = Manager(settings, self._fatal, reactor)
+            self.child: Union[Manager, Server] = Manager(settings, self._fatal, reactor)
         else:
-            self.child = Server(callable_app or load_app(settings.app_spec), settings, reactor)
+            assert callable_app is not None or settings.app_spec is not None  # build() checked
+            self.child = Server(callable_app or load_app(str(settings.app_spec)), settings,
+                                reactor)
         self.child.setServiceParent(self)
 
     def startService(self) -> defer.Deferred:
         service.Service.startService(self)
         d = defer.maybeDeferred(self.child.startService)
         if self.settings.no_proc == 1:
-            d.addCallback(lambda _: banner(log, self.settings, "server",
-                                           [describe(p) for p in self.child.ports]))
+            d.addCallback(self._started)
         d.addErrback(self._cannot_start)
         return d
+
+    def _started(self, _: object) -> None:
+        banner(log, self.settings, "server", [describe(p) for p in self.child.ports])
 
     def _cannot_start(self, failure) -> None:
         log.critical("yimmo-wsgi: error: cannot start: {error}", error=failure.getErrorMessage())

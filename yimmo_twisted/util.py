@@ -58,7 +58,10 @@ def load_app(spec: str) -> Callable:
         func = _resolve(tree.func, namespace, spec)
         try:
             args = [ast.literal_eval(a) for a in tree.args]
-            kwargs = {k.arg: ast.literal_eval(k.value) for k in tree.keywords}
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in tree.keywords
+                      if k.arg is not None}
+            if len(kwargs) != len(tree.keywords):
+                raise ValueError("**kwargs")
         except ValueError:
             raise AppError("%s: the arguments must be literals" % spec) from None
         app = func(*args, **kwargs)

@@ -30,12 +30,12 @@ API = (
 
 def install() -> ModuleType:
     """Put the ``yimmo`` module into ``sys.modules`` (idempotent); return it."""
-    module = sys.modules.get("yimmo")
-    if getattr(module, "__yimmo_twisted__", False):
-        return module
+    existing = sys.modules.get("yimmo")
+    if existing is not None and getattr(existing, "__yimmo_twisted__", False):
+        return existing
     module = ModuleType("yimmo", "The yimmo-twisted server's API for applications "
                                  "(WebSockets), as yimmo-wsgi's.")
-    module.__yimmo_twisted__ = True
+    setattr(module, "__yimmo_twisted__", True)  # noqa: B010 (a marker of ours)
     for name in API:
         setattr(module, name, getattr(websockets, name))
     sys.modules["yimmo"] = module

@@ -146,31 +146,103 @@ def test_parse_endpoint_falls_back(probes, monkeypatch):
         ["unix", "/run/a:b=c.sock"], {"mode": "600", "backlog": "5"})
 
 
-# -- adopting a Unix socket --------------------------------------------------------------
+# -- listening sockets shared between processes ------------------------------------------
 
 class Accepted(Protocol):
     def connectionMade(self):
         self.factory.accepted.append(self)
 
 
-@pytest.mark.parametrize("private", [True, False])
-def test_adopt_unix_port(probes, monkeypatch, tmp_path, private):
-    """The endpoint's backlog and mode on a socket the manager listens on (with others):
-    by Twisted's private constructor, or its public adoptStreamPort and fixing up after."""
-    assert compat.unix_adoption_ok()
-    if not private:
-        monkeypatch.setattr(compat, "unix_adoption_ok", lambda: False)
+def accepting_factory():
+    factory = Factory.forProtocol(Accepted)
+    factory.accepted = []
+    return factory
+
+
+def still_listening(sock: socket.socket, address) -> bool:
+    """Another process's descriptor ``sock`` of a listening socket still accepts."""
+    with socket.socket(sock.family) as client:
+        try:
+            client.connect(address)
+        except OSError:
+            return False
+        sock.settimeout(2)
+        try:
+            sock.accept()[0].close()
+        except OSError:
+            return False
+        return True
+
+
+@pytest.mark.parametrize("alone", [True, False])
+def test_close_alone(probes, alone):
+    """Twisted's close shuts a shared listening socket down for every process; after
+    close_alone, closing it here leaves it listening for the others."""
+    assert compat.close_alone_ok()
+    reactor = selectreactor.SelectReactor()
+    port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+    other = port.socket.dup()  # a server process's
+    address = other.getsockname()
+    if alone:
+        compat.close_alone(port)
+    port.stopListening()
+    reactor.runUntilCurrent()
+    try:
+        assert not port.connected
+        assert still_listening(other, address) is alone
+    finally:
+        other.close()
+
+
+def test_stop_adopted_leaves_the_socket_open_when_close_alone_cannot(probes, monkeypatch):
+    def shut_down(self, orderly):  # a Twisted whose close ignores _shouldShutdown
+        self.socket.shutdown(socket.SHUT_RDWR)
+        self.socket.close()
+
+    monkeypatch.setattr(tcp._SocketCloser, "_closeSocket", shut_down)
+    assert not compat.close_alone_ok()
+    manager = socket.create_server(("127.0.0.1", 0))
+    manager.setblocking(False)
+    reactor = selectreactor.SelectReactor()
+    port = reactor.adoptStreamPort(manager.fileno(), socket.AF_INET, Factory())
+    compat.close_alone(port)
+    try:
+        assert compat.stop_adopted(port).called
+        reactor.runUntilCurrent()
+        assert port not in reactor.getReaders()
+        assert still_listening(manager, manager.getsockname())
+    finally:
+        port.socket.close()  # what the process's exit does
+        manager.close()
+
+
+def unix_listener(tmp_path, mode: int, backlog: int):
+    """(path, socket) of a listening Unix socket, as the manager sets one up."""
     path = str(tmp_path / "adopted.sock")
     manager = socket.socket(socket.AF_UNIX)
     manager.bind(path)
-    os.chmod(path, 0o600)
-    manager.listen(3)
+    os.chmod(path, mode)
+    manager.listen(backlog)
     manager.setblocking(False)
+    return path, manager
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_adopt_unix_port(probes, monkeypatch, tmp_path, private):
+    """A Unix socket the manager listens on (with others), with its endpoint's backlog and
+    mode: by Twisted's private constructor, adopted as it is; or by its public
+    adoptStreamPort, fixed up after.  Stopped, it stays listening at its path, for the
+    manager to remove."""
+    assert compat.unix_adoption_ok()
+    if not private:
+        monkeypatch.setattr(compat, "unix_adoption_ok", lambda: False)
+    path, manager = unix_listener(tmp_path, 0o600, 7)
     reactor = selectreactor.SelectReactor()
-    factory = Factory.forProtocol(Accepted)
-    factory.accepted = []
+    factory = accepting_factory()
     port = compat.adopt_unix_port(reactor, manager.fileno(), factory, 7, 0o600)
+    compat.close_alone(port)
     try:
+        assert isinstance(port, compat._AdoptedUNIXPort) is private
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         assert _backlogs().get(path) == 7
         with socket.socket(socket.AF_UNIX) as client:
@@ -180,8 +252,26 @@ def test_adopt_unix_port(probes, monkeypatch, tmp_path, private):
                     break
                 reactor.iterate(0.05)
             assert len(factory.accepted) == 1
+        compat.stop_adopted(port)
+        reactor.runUntilCurrent()
+        assert port not in reactor.getReaders()
+        assert still_listening(manager, path)
     finally:
-        port.stopListening()
+        if not private:
+            port.socket.close()  # left open by stop_adopted, for the process's exit
+        manager.close()
+
+
+def test_adopted_unix_port_is_not_chmodded(probes, tmp_path):
+    """The server process leaves the mode to the manager, who set it once."""
+    path, manager = unix_listener(tmp_path, 0o640, 5)  # the mode set by hand, say
+    reactor = selectreactor.SelectReactor()
+    port = compat.adopt_unix_port(reactor, manager.fileno(), Factory(), 5, 0o600)
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    finally:
+        compat.close_alone(port)
+        compat.stop_adopted(port)
         reactor.runUntilCurrent()
         manager.close()
 

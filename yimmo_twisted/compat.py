@@ -10,8 +10,10 @@ start-up (Server.startService) and logs one warning naming what fell back.
 * ``writer``: writing to a plain TCP socket directly (tcp.Connection's buffers).
 * ``one_accept_per_wake_up``: a listening port's ``numberAccepts``.
 * ``parse_endpoint``: Twisted's tokenizer of endpoint strings, ``endpoints._parse``.
+* ``close_alone``, ``stop_adopted``: a listening socket that processes share, closed
+  in one of them without shutdown(2) (``tcp.Port._shouldShutdown``).
 * ``adopt_unix_port``: ``unix.Port._fromListeningDescriptor``, to adopt a Unix socket
-  with its endpoint's backlog and mode.
+  as the manager set it up, whose path only the manager removes.
 * ``HAProxyProtocolWrapper`` and its ``_proxyInfo`` (``read_proxy_header``, used by
   server.ProxiedSession).
 * ``websocket_data_received``: autobahn's ``_dataReceived``.
@@ -45,7 +47,7 @@ class _NoReactor:
     def addWriter(self, writer) -> None:
         pass
 
-    removeWriter = addWriter
+    removeWriter = addReader = removeReader = addWriter
 
 
 # -- writing to a TCP socket directly ----------------------------------------------------
@@ -202,25 +204,103 @@ def parse_endpoint(description: str) -> Tuple[List[str], Dict[str, str]]:
     return _parse_quoted(description)
 
 
-# -- adopting a listening Unix socket ----------------------------------------------------
+# -- listening sockets shared between processes ------------------------------------------
+
+@lru_cache(maxsize=None)
+def close_alone_ok() -> bool:
+    """
+    A tcp.Port (a unix.Port too, whose connectionLost ends in tcp.Port's) closes its
+    socket by ``_closeSocket``, which calls shutdown(2) first unless ``_shouldShutdown``
+    is false; without it, the socket stays open through another process's descriptor.
+    """
+    a, b = socket.socketpair()
+    other = a.dup()  # another process's descriptor of the socket
+    b.setblocking(False)
+    try:
+        if not ("_closeSocket" in tcp.Port.connectionLost.__code__.co_names
+                and "connectionLost" in unix.Port.connectionLost.__code__.co_names):
+            return False
+        port = tcp.Port(0, Factory(), reactor=_NoReactor())
+        port.socket = a
+        port._shouldShutdown = False
+        port._closeSocket(True)
+        if a.fileno() != -1:
+            return False
+        try:
+            b.recv(1)  # b"" had the socket been shut down
+        except BlockingIOError:
+            return True
+        return False
+    except Exception:
+        return False
+    finally:
+        for s in (a, b, other):
+            s.close()
+
+
+def close_alone(port) -> None:
+    """
+    Have closing the listening ``port``, whose socket other processes share (the
+    manager's, or one a server process adopted), close this process's descriptor alone.
+    Twisted shuts a socket down before closing it, and a listening socket shut down stops
+    listening for every process: the others' accept() fails (EINVAL), connections to a
+    Unix socket are refused.
+    """
+    if isinstance(port, tcp.Port) and close_alone_ok():
+        port._shouldShutdown = False
+
+
+class _AdoptedUNIXPort(unix.Port):
+    """
+    A listening Unix socket that the manager owns, in a server process: bound, chmodded
+    and listening with its endpoint's mode and backlog already, and its path the
+    manager's to remove.  unix.Port chmods the path again as it starts, and unlinks it as
+    it stops (the manager's next server process then failed to start).
+    """
+
+    def startListening(self) -> None:
+        # unix.Port.startListening without the bind, the chmod and the listen.
+        tcp._reservedFD.reserve()
+        skt, self._preexistingSocket = self._preexistingSocket, None
+        self.factory.doStart()
+        self.connected = True
+        self.socket = skt
+        self.fileno = skt.fileno
+        self.numberAccepts = 100
+        self.startReading()
+
+    def connectionLost(self, reason) -> None:
+        tcp.Port.connectionLost(self, reason)  # unix.Port's unlinks the path first
+
+
+# What unix.Port.startListening does that _AdoptedUNIXPort.startListening does too.
+_UNIX_START = {"_reservedFD", "_preexistingSocket", "doStart", "connected", "socket",
+               "fileno", "numberAccepts", "startReading"}
+
 
 @lru_cache(maxsize=None)
 def unix_adoption_ok() -> bool:
     """
-    ``unix.Port._fromListeningDescriptor`` makes a port, not yet listening, of a socket,
-    and its startListening listens with the port's ``backlog`` and chmods to its ``mode``.
+    ``unix.Port._fromListeningDescriptor`` makes a port, not yet listening, of the socket
+    it keeps in ``_preexistingSocket``, and unix.Port still starts by the steps that
+    _AdoptedUNIXPort takes (and stops by tcp.Port's connectionLost: close_alone_ok).
     """
     a, b = socket.socketpair()
     port = None
     try:
-        port = unix.Port._fromListeningDescriptor(_NoReactor(), a.fileno(), Factory())
-        used = set(unix.Port.startListening.__code__.co_names)
-        return (type(port) is unix.Port and not port.connected and hasattr(port, "backlog")
-                and hasattr(port, "mode") and {"backlog", "mode", "_preexistingSocket"} <= used)
+        if not _UNIX_START <= set(unix.Port.startListening.__code__.co_names):
+            return False
+        factory = Factory()
+        factory.noisy = False
+        port = _AdoptedUNIXPort._fromListeningDescriptor(_NoReactor(), a.fileno(), factory)
+        if type(port) is not _AdoptedUNIXPort or port.connected:
+            return False
+        port.startListening()
+        return bool(port.connected) and port.fileno() == port.socket.fileno()
     except Exception:
         return False
     finally:
-        held = getattr(port, "_preexistingSocket", None)
+        held = getattr(port, "socket", None) or getattr(port, "_preexistingSocket", None)
         if held is not None:
             held.close()
         a.close()
@@ -229,13 +309,13 @@ def unix_adoption_ok() -> bool:
 
 def adopt_unix_port(reactor, fd: int, factory: Factory, backlog: int, mode: int):
     """
-    The port of the listening Unix socket ``fd`` (inherited from the manager), with its
-    endpoint's ``backlog`` and ``mode``: Twisted's adoptStreamPort listens and chmods it
-    again, with its defaults (50, 0666).
+    The port of the listening Unix socket ``fd`` (inherited from the manager): the socket
+    as the manager set it up, with its endpoint's ``mode`` and ``backlog``.  Twisted's
+    adoptStreamPort (the fallback) listens and chmods it again, with its defaults (50,
+    0666).
     """
     if unix_adoption_ok():
-        port = unix.Port._fromListeningDescriptor(reactor, fd, factory)
-        port.backlog, port.mode = backlog, mode
+        port = _AdoptedUNIXPort._fromListeningDescriptor(reactor, fd, factory)
         port.startListening()
         return port
     port = reactor.adoptStreamPort(fd, socket.AF_UNIX, factory)
@@ -246,6 +326,21 @@ def adopt_unix_port(reactor, fd: int, factory: Factory, backlog: int, mode: int)
             os.chmod(path, mode)
         sock.listen(backlog)
     return port
+
+
+def stop_adopted(port) -> defer.Deferred:
+    """
+    Stop accepting on ``port``, a listening socket adopted from the manager, closing this
+    process's descriptor alone.  Where Twisted's close would do more (shut the socket
+    down when close_alone cannot prevent it, unlink the path of a Unix socket adopted by
+    the fallback), the port only stops reading, and its descriptor closes as the process
+    exits.
+    """
+    if close_alone_ok() and (isinstance(port, _AdoptedUNIXPort)
+                             or not isinstance(port, unix.Port)):
+        return defer.maybeDeferred(port.stopListening)
+    port.stopReading()
+    return defer.succeed(None)
 
 
 # -- the PROXY protocol ------------------------------------------------------------------
@@ -438,8 +533,12 @@ PROBES = (
      "accept loop instead", accept_limit_ok),
     ("Twisted's tokenizer of endpoint strings (endpoints._parse): its quoting rules read "
      "here instead", endpoint_parse_ok),
-    ("adopting Unix sockets (unix.Port._fromListeningDescriptor): adoptStreamPort, then "
-     "the endpoint's mode and backlog set again", unix_adoption_ok),
+    ("closing shared listening sockets alone (tcp.Port._shouldShutdown): the manager's "
+     "close shuts them down, and server processes leave theirs open until they exit",
+     close_alone_ok),
+    ("adopting Unix sockets as the manager set them up (unix.Port._fromListeningDescriptor "
+     "and its start): adoptStreamPort, then the endpoint's mode and backlog set again, "
+     "and the socket left open until the process exits", unix_adoption_ok),
     ("the PROXY header state (HAProxyProtocolWrapper._proxyInfo): an empty read after "
      "each chunk of the header tells its end instead", proxy_info_ok),
     ("autobahn's _dataReceived: its dataReceived instead", autobahn_receive_ok),

@@ -8,7 +8,9 @@ inherited file descriptors that the process adopts (``reactor.adoptStreamPort``)
 processes accept from one kernel queue, and the queue outlives any one process: a process
 that dies or is replaced never takes queued connections with it, so a restart or a
 SIGHUP reload refuses no connection (SO_REUSEPORT gives each process its own queue, whose
-connections are reset when that process closes it).
+connections are reset when that process closes it).  The sockets stay the manager's: a
+process closes its own descriptor of one and nothing more (no shutdown(2), which stops a
+socket listening for every process), and only the manager removes a Unix socket's file.
 
 A server process (``python -m yimmo_twisted.proc SPEC``) runs the manager's kind of
 reactor (``twistd --reactor=asyncio`` runs asyncio in every process) and talks to the
@@ -40,6 +42,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger, LoggingFile, LogLevel
 from zope.interface import implementer
 
+from . import compat
 from .config import Settings
 from .logs import banner, logger, set_level, start_logging
 from .server import describe, listening_endpoint, take_stop_signals
@@ -176,6 +179,7 @@ class Manager(service.Service):
             endpoint = listening_endpoint(self.reactor, description)
             port = yield endpoint.listen(_Listening())
             port.stopReading()  # the server processes accept; the manager only holds it
+            compat.close_alone(port)  # closed at the stop, it goes on listening for them
             self.ports.append(port)
             self.sockets.append((port.fileno(), port.addressFamily, description))
             log.info("manager holds {address} for {n} server processes",
@@ -273,7 +277,9 @@ class Manager(service.Service):
         service.Service.stopService(self)
         self.stopping = True
         for port in self.ports:
-            port.stopListening()  # the processes still hold the sockets while they drain
+            # This descriptor (close_alone) and a Unix socket's file; each process closes
+            # its own descriptor as its drain begins.
+            port.stopListening()
         procs = self._live()
         for proc in procs:
             proc.retire()

@@ -191,13 +191,19 @@ class Server(service.Service):
         return factory
 
     def _adopt(self, fd: int, family: int, description: str):
-        """The port of a listening socket inherited from the manager."""
+        """
+        The port of a listening socket inherited from the manager, which the other server
+        processes accept on too: closed here, it closes this process's descriptor alone.
+        """
         factory = self._factory(description)
         if family != socket.AF_UNIX:
-            return self.reactor.adoptStreamPort(fd, family, factory)
-        listen = compat.listen_arguments(split_endpoint(description)[1])
-        return compat.adopt_unix_port(self.reactor, fd, factory, listen["backlog"],
-                                      listen["mode"])
+            port = self.reactor.adoptStreamPort(fd, family, factory)
+        else:
+            listen = compat.listen_arguments(split_endpoint(description)[1])
+            port = compat.adopt_unix_port(self.reactor, fd, factory, listen["backlog"],
+                                          listen["mode"])
+        compat.close_alone(port)
+        return port
 
     @defer.inlineCallbacks
     def startService(self):
@@ -248,7 +254,9 @@ class Server(service.Service):
         """Stop accepting, let in-flight requests finish (``grace``), then stop."""
         service.Service.stopService(self)
         self.draining = True
-        yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        stop = (compat.stop_adopted if self.adopted is not None
+                else lambda port: defer.maybeDeferred(port.stopListening))
+        yield defer.gatherResults([stop(p) for p in self.ports])
         self.ports = []
         self.websockets.stop()
         self._deadline = self.now() + self.settings.grace

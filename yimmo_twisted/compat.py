@@ -8,6 +8,8 @@ versions, and a public fallback for when it does not.  ``check`` runs the probes
 start-up (Server.startService) and logs one warning naming what fell back.
 
 * ``writer``: writing to a plain TCP socket directly (tcp.Connection's buffers).
+* ``sendfile_socket``, ``resume_when_writable``: a file body sent with sendfile on a
+  TCP or Unix socket, paced by tcp.Connection's doWrite (sendfile.FileSender).
 * ``one_accept_per_wake_up``: a listening port's ``numberAccepts``.
 * ``parse_endpoint``: Twisted's tokenizer of endpoint strings, ``endpoints._parse``.
 * ``close_alone``, ``stop_adopted``: a listening socket that processes share, closed
@@ -33,8 +35,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet import defer, endpoints, tcp, unix
 from twisted.internet.base import ReactorBase
+from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.haproxy import proxyEndpoint
+from zope.interface import implementer
 
 from .logs import logger
 
@@ -101,6 +105,66 @@ def writer(transport) -> Callable[[bytes], None]:
     if isinstance(transport, tcp.Connection) and direct_write_ok():
         return partial(write_direct, transport)
     return transport.write
+
+
+# -- sending a file on the socket (sendfile) -------------------------------------------
+
+@implementer(IPullProducer)
+class _CountResumes:
+    def __init__(self) -> None:
+        self.resumed = 0
+
+    def resumeProducing(self) -> None:
+        self.resumed += 1
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@lru_cache(maxsize=None)
+def pull_after_drain_ok() -> bool:
+    """
+    A pull producer of a tcp.Connection is asked for more by doWrite once Twisted's
+    buffer is empty, also after ``startWriting`` with nothing buffered: so when it is
+    asked, it may write to the socket itself with nothing of Twisted's still to go out.
+    """
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        conn = tcp.Connection(a, Protocol(), _NoReactor())
+        conn.connected = True
+        producer = _CountResumes()
+        conn.registerProducer(producer, False)  # asked once at once
+        conn.write(b"head")
+        if conn.doWrite() is not None or b.recv(16) != b"head" or producer.resumed != 2:
+            return False
+        conn.startWriting()
+        return conn.doWrite() is None and producer.resumed == 3
+    except Exception:
+        return False
+    finally:
+        a.close()
+        b.close()
+
+
+def sendfile_socket(transport) -> Optional[int]:
+    """
+    The file descriptor of ``transport``'s socket, for sendfile, when writes to it may
+    bypass the transport (a plain TCP or Unix connection, see ``pull_after_drain_ok``);
+    None for the others (TLS, wrappers), which get the file's bytes through write().
+    """
+    if (isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False)
+            and pull_after_drain_ok()):
+        return transport.getHandle().fileno()
+    return None
+
+
+def resume_when_writable(transport: tcp.Connection) -> None:
+    """
+    Have the pull producer of ``transport`` (a ``sendfile_socket`` one) asked for more
+    once its socket is writable: doWrite finds nothing buffered and asks it.
+    """
+    transport.startWriting()
 
 
 # -- one accept per wake-up on a shared listening socket ---------------------------------
@@ -529,6 +593,9 @@ def ssl_context_factory(description: str):
 PROBES = (
     ("direct writes to TCP sockets (tcp.Connection buffers): transport.write instead",
      direct_write_ok),
+    ("sendfile paced by tcp.Connection (a pull producer asked by doWrite after "
+     "startWriting): file bodies read and written through the transport instead",
+     pull_after_drain_ok),
     ("one accept per wake-up on shared sockets (tcp.Port.numberAccepts): Twisted's "
      "accept loop instead", accept_limit_ok),
     ("Twisted's tokenizer of endpoint strings (endpoints._parse): its quoting rules read "

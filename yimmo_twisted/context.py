@@ -10,18 +10,22 @@ client reaches the application by ``emit`` blocking.
 
 from __future__ import annotations
 
+import io
+import os
 import re
 import sys
+from stat import S_ISREG
 from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 from twisted.logger import LogLevel
 
 from .exchange import (
-    ABORT, CLOSE, CONTINUE_100, DONE, LAST_CHUNK, MORE, RESUME, SERVER_SOFTWARE,
+    ABORT, CLOSE, CONTINUE_100, DONE, FILE, LAST_CHUNK, MORE, RESUME, SERVER_SOFTWARE,
     ClientDisconnected, Exchange, chunk, date_header, error_response,
 )
 from .http1 import HTTPError
 from .logs import logger
+from .sendfile import FileSender
 
 log = logger("yimmo.context")
 
@@ -156,7 +160,10 @@ class ErrorStream:
 
 
 class FileWrapper:
-    """``wsgi.file_wrapper``: iterates a file in blocks, never reading it whole."""
+    """
+    ``wsgi.file_wrapper``: iterates a file in blocks, never reading it whole.  Over a
+    regular file the reactor sends it instead, zero-copy where it can (sendfile.py).
+    """
 
     def __init__(self, filelike: Any, blksize: int = 65536) -> None:
         self.filelike = filelike
@@ -172,6 +179,35 @@ class FileWrapper:
         if data:
             return data
         raise StopIteration
+
+
+def regular_file(wrapper: FileWrapper) -> Optional[Tuple[int, int, int]]:
+    """
+    (file descriptor, position, bytes left) of the regular file ``wrapper`` wraps, for
+    the reactor to send from that position (PEP 3333: "the file's current position");
+    None when it is to be iterated: no working fileno() (BytesIO, an app's own object),
+    not a regular file (a pipe, a socket: no length to send), a text file (its read()
+    gives str: the error iteration reports).
+    """
+    f = wrapper.filelike
+    if isinstance(f, io.TextIOBase):
+        return None
+    try:
+        fd = f.fileno()
+        flush = getattr(f, "flush", None)
+        if flush is not None:
+            flush()  # what the app wrote that its file object still buffers
+        st = os.fstat(fd)
+        if not S_ISREG(st.st_mode):
+            return None
+        # tell() counts what a buffered file has read ahead; the descriptor's offset not.
+        tell = getattr(f, "tell", None)
+        position = tell() if tell is not None else os.lseek(fd, 0, os.SEEK_CUR)
+    except Exception:
+        return None
+    if type(position) is not int or position < 0:
+        return None
+    return fd, position, max(st.st_size - position, 0)
 
 
 def _reject(message: str) -> None:
@@ -334,21 +370,52 @@ class Context:
         else:
             self.emit(self.exchange, self._head(total) + self._frame(data), MORE)
 
-    def _finish(self, total: Optional[int]) -> None:
-        """Complete the response: the head if not yet sent, the last chunk, the end code."""
-        tail = b""
+    def _finish(self, total: Optional[int], tail: bytes = b"") -> None:
+        """
+        Complete the response: ``tail`` (a head built but not yet emitted) or the head if
+        not yet built, the last chunk, the end code.
+        """
         if not self.head_sent:
             tail = self._head(0 if total is None else total)
         if self.chunked:
             tail += LAST_CHUNK
+        self.emit(self.exchange, tail, self._end())
+
+    def _end(self) -> int:
+        """The end code of a response whose ``sent`` bytes are all there will be."""
         if self.content_length is not None and self.sent < self.content_length:
             # The app promised more than it gave: the client must see a cut-off body.
             log.warn("{path}: app sent {sent} of its Content-Length {n}; closing",
                      path=self.exchange.environ.get("PATH_INFO"), sent=self.sent,
                      n=self.content_length)
-            self.emit(self.exchange, tail, CLOSE)
-            return
-        self.emit(self.exchange, tail, DONE if self.keep_alive else CLOSE)
+            return CLOSE
+        return DONE if self.keep_alive else CLOSE
+
+    def _send_file(self, wrapper: FileWrapper, fd: int, position: int, size: int) -> bool:
+        """
+        The body is ``size`` bytes of the regular file ``fd`` from ``position``: send the
+        head and hand the file to the reactor (True), unless none of it is to be sent
+        (HEAD, 204, 304, Content-Length 0): then the response ends here (False).  A
+        Content-Length beyond the file sends what there is, then closes.
+        """
+        head = b"" if self.head_sent else self._head(size)
+        length = self.content_length
+        if self.no_body:
+            want = 0
+        elif length is None:
+            want = size  # close-delimited, after write() output on HTTP/1.0
+        else:
+            want = length - self.sent  # the app's, or the file's size just put in the head
+        count = min(want, size)
+        if not count:
+            self._finish(None, head)
+            return False
+        self.sent += count
+        ex = self.exchange
+        ex.file = FileSender(getattr(wrapper, "close", None), fd, position, count,
+                             self._end(), ex.environ.get("PATH_INFO", ""))
+        self.emit(ex, head, FILE)
+        return True
 
     # -- running the app --------------------------------------------------------------
 
@@ -360,6 +427,12 @@ class Context:
         result = None
         try:
             result = app(environ, self.start_response)
+            if type(result) is FileWrapper:
+                source = regular_file(result)
+                if source is not None and not (self.head_sent and self.chunked):
+                    if self._send_file(result, *source):
+                        result = None  # the reactor has its close() called once it is sent
+                    return
             # A generator may call start_response in its first iteration (PEP 3333), so
             # for those the check waits for the first chunk (in _head).
             if type(result) in (list, tuple) and not self.head_sent:

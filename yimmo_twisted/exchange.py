@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
 from .http1 import HTTPError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .sendfile import FileSender
     from .session import HTTPSession
 
 SERVER_SOFTWARE = "yimmo-twisted"
@@ -29,6 +30,7 @@ DONE = 1  # the response is complete; the connection may be kept alive
 CLOSE = 2  # the response is complete (or cut short); close after flushing
 ABORT = 3  # the response cannot be completed; drop the connection now
 RESUME = 4  # no output: the app drained the request body, read from the client again
+FILE = 5  # after the bytes (the head), the reactor sends the exchange's file, then ends it
 
 
 class ClientDisconnected(OSError):
@@ -138,7 +140,7 @@ class Exchange:
 
     __slots__ = (
         "session", "environ", "body", "keep_alive", "http11", "head_only",
-        "expect_continue", "continue_sent", "dispatched",
+        "expect_continue", "continue_sent", "dispatched", "file",
     )
 
     def __init__(self, session: "HTTPSession", environ: Dict[str, Any],
@@ -154,6 +156,7 @@ class Exchange:
         self.expect_continue = expect_continue
         self.continue_sent = False
         self.dispatched = False
+        self.file: Optional["FileSender"] = None  # the body the reactor sends (end code FILE)
 
 
 # -- framing helpers ---------------------------------------------------------------

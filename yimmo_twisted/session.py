@@ -31,7 +31,7 @@ from zope.interface import implementer
 from . import forwarded
 from .compat import writer
 from .exchange import (
-    ABORT, CLOSE, RESUME, ClientDisconnected, Exchange, HTTPError, RequestBody,
+    ABORT, CLOSE, FILE, RESUME, ClientDisconnected, Exchange, HTTPError, RequestBody,
     error_response,
 )
 from .http1 import END, NEED_DATA, Head, RequestReader
@@ -142,6 +142,7 @@ class HTTPSession(Protocol, Channel):
         self._new: List[Exchange] = []  # parsed in this read, not yet dispatched
         self._current: Optional[Exchange] = None  # the exchange whose body is being read
         self._held: Optional[Exchange] = None  # _current, dispatched once its body is complete
+        self._sending: Optional[Exchange] = None  # its file on the way (sendfile.py)
         self._error: Optional[bytes] = None  # a refusal, sent when the exchanges before it are
         self._stopped = False  # refuse all further input
         self._eof = False  # the client sends no more
@@ -201,6 +202,8 @@ class HTTPSession(Protocol, Channel):
 
     def _drop(self, why: str) -> None:
         self.shut()
+        if self._sending is not None:
+            self._sending.file.stopProducing()
         current = self._current
         if current is not None and current.body is not None:
             current.body.fail(ClientDisconnected(why))
@@ -394,6 +397,8 @@ class HTTPSession(Protocol, Channel):
     def deliver(self, exchange: Exchange, data: Optional[bytes], end: int) -> None:
         """Output of a worker (reactor thread, from Handoff.drain)."""
         if self.gone:
+            if end == FILE:
+                self.server.pool.submit(exchange.file)  # its close(), on a worker
             return
         if data:
             self._write(data)
@@ -403,8 +408,32 @@ class HTTPSession(Protocol, Channel):
         if end:
             if end == RESUME:
                 self._resume_reading(_PAUSE_BODY)
+            elif end == FILE:
+                self._send_file(exchange)
             else:
                 self._done(exchange, end)
+
+    def _send_file(self, exchange: Exchange) -> None:
+        """
+        Send the exchange's file after its head: the file's sender is the transport's
+        producer meanwhile (no worker writes here until the exchange is done).
+        """
+        self._sending = exchange
+        self.transport.unregisterProducer()
+        exchange.file.start(self.transport, lambda end: self._file_sent(exchange, end))
+
+    def _file_sent(self, exchange: Exchange, end: int) -> None:
+        self._sending = None
+        self.server.pool.submit(exchange.file)  # its close(), on a worker
+        exchange.file = None
+        if self.gone:
+            return
+        if end != ABORT:
+            # The session is the producer again.  Nothing of it waits on a pause it was
+            # given before, and the transport pauses it again as soon as it must.
+            self.paused = False
+            self.transport.registerProducer(self, True)
+        self._done(exchange, end)
 
     def _done(self, exchange: Exchange, end: int) -> None:
         self.inflight -= 1

@@ -21,10 +21,10 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.protocols.policies import ProtocolWrapper
 
-from test_listening import _backlogs
+from test_listening import PROXY_HEADERS, _backlogs
 from test_startup import certificate  # noqa: F401  (a fixture)
 from yimmo_twisted import compat
-from yimmo_twisted.server import ProxiedFactory
+from yimmo_twisted.server import ProxiedFactory, proxy_header_undecided
 
 
 @pytest.fixture
@@ -375,6 +375,38 @@ def test_proxied_session_starts_once_the_header_is_read(probes, monkeypatch, pri
     server, wrapper, session = proxied_session()
     wrapper.dataReceived(b"GET / HTTP/1.1\r\n")
     assert session.transport is None and wrapper.transport.disconnecting
+
+
+@pytest.mark.parametrize("private", [True, False])
+@pytest.mark.parametrize("version", list(PROXY_HEADERS))
+def test_proxied_session_reads_a_header_a_byte_at_a_time(probes, monkeypatch, private,
+                                                         version):
+    """Twisted's wrapper judges by its first read: it gets the first bytes once they are
+    enough to tell a header from none."""
+    if not private:
+        monkeypatch.setattr(compat, "proxy_info_ok", lambda: False)
+    server, wrapper, session = proxied_session()
+    header = PROXY_HEADERS[version]
+    for i in range(len(header) - 1):
+        wrapper.dataReceived(header[i:i + 1])
+        assert session.transport is None and not wrapper.transport.disconnecting
+    wrapper.dataReceived(header[-1:] + b"GET")
+    assert (session.peer.host, session.peer.port, session.received) == ("203.0.113.7", 40000,
+                                                                        b"GET")
+
+
+def test_proxy_header_undecided():
+    for header in PROXY_HEADERS.values():
+        assert all(proxy_header_undecided(header[:n]) for n in range(16))
+        assert not proxy_header_undecided(header[:16])
+    # A whole v1 line is never held, even one shorter than 16 bytes (the spec's UNKNOWN).
+    assert not proxy_header_undecided(b"PROXY UNKNOWN\r\n")
+    # Nor are bytes that cannot begin a header: the wrapper closes at once.
+    for first in (b"G", b"GET / HTTP/1.1\r\n", b"\r\n\r\nX", b"PROXX"):
+        assert not proxy_header_undecided(first)
+        server, wrapper, session = proxied_session()
+        wrapper.dataReceived(first)
+        assert session.transport is None and wrapper.transport.disconnecting
 
 
 def test_proxy_protocol_refused_at_start_up_when_nothing_tells_the_header_end(monkeypatch):

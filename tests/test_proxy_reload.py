@@ -1,7 +1,8 @@
 """
-A PROXY protocol connection that never sends its header falls under header_timeout and
-the drain; under twistd, the server processes' output reaches its log across SIGHUP
-reloads and the restarts after them, whatever the log level.
+A PROXY protocol header may come a few bytes at a time; a connection that never sends
+its header falls under header_timeout and the drain; under twistd, the server
+processes' output reaches its log across SIGHUP reloads and the restarts after them,
+whatever the log level.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import time
 from pathlib import Path
 from typing import List
 
+import pytest
+
 import rawhttp
 from conftest import ROOT, ServerProcess, _env
+from test_listening import PROXY_HEADERS
 from test_proc import wait_gone
 from test_startup import LOCAL, free_port
 
@@ -36,6 +40,21 @@ def test_proxy_header_falls_under_header_timeout(serve):
     with server.connect() as c:  # one that sends its header is served as before
         c.send(PROXY_V1 + rawhttp.request())
         assert c.read_response().json()["REMOTE_ADDR"] == "203.0.113.7"
+
+
+@pytest.mark.parametrize("version", list(PROXY_HEADERS))
+def test_proxy_header_a_few_bytes_at_a_time(serve, version):
+    """Twisted's wrapper judges the header by its first read, and closes the connection
+    when that read is shorter than 8 bytes (v1) or 16 (v2)."""
+    server = serve("apps:environ_app", "--listen", "haproxy:" + LOCAL, listen=False)
+    header = PROXY_HEADERS[version]
+    with server.connect() as c:  # TCP_NODELAY: each piece is a read of its own
+        for i in range(0, len(header), 3):
+            c.send(header[i:i + 3])
+            time.sleep(0.02)
+        c.send(rawhttp.request())
+        environ = c.read_response().json()
+    assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"]) == ("203.0.113.7", "40000")
 
 
 def test_sigterm_closes_a_connection_waiting_for_its_proxy_header(serve):

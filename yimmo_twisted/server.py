@@ -80,16 +80,40 @@ class SessionFactory(Factory):
         return list(ALPN_PROTOCOLS)
 
 
+# How a PROXY header begins: v1's line, v2's signature (12 bytes).
+PROXY_V1_START = b"PROXY"
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+# Bytes enough to tell a header of either version from none: v2's fixed part, its
+# shortest header.  A whole v1 line may be shorter (the spec's "PROXY UNKNOWN\r\n").
+PROXY_ENOUGH = 16
+
+
+def proxy_header_undecided(head: bytes) -> bool:
+    """
+    ``head``, the first bytes of a connection, may begin a PROXY header, but too few of
+    them for Twisted's wrapper to tell: it judges by the first read it gets, and closes
+    the connection unless that read has 16 bytes of a v2 header or 8 of a v1 line.
+    """
+    if len(head) >= PROXY_ENOUGH:
+        return False
+    if PROXY_V2_SIGNATURE.startswith(head[:len(PROXY_V2_SIGNATURE)]):
+        return True
+    return PROXY_V1_START.startswith(head[:len(PROXY_V1_START)]) and b"\r\n" not in head
+
+
 class ProxiedSession(HAProxyProtocolWrapper):
     """
     Twisted's PROXY protocol wrapper, except that the session starts only once the header
     is read: the session takes REMOTE_ADDR from ``getPeer()`` in ``connectionMade``, and
     only then does ``getPeer()`` give the client's address instead of the proxy's.
     Until then the connection is in ``Server.awaiting_header``, for the timeout sweep and
-    the drain.
+    the drain.  The wrapper gets the connection's first bytes once they are enough for it
+    to tell a header from none (proxy_header_undecided): fewer than PROXY_ENOUGH are held
+    here; then its parsers bound the header (v1: 107 bytes; v2: by its length field).
     """
 
     _started = False
+    _head: Optional[bytes] = b""  # the first bytes, until the wrapper has them (then None)
     accepted = 0.0  # when the connection came (Server.now): the header is due from then
 
     def makeConnection(self, transport) -> None:
@@ -104,6 +128,12 @@ class ProxiedSession(HAProxyProtocolWrapper):
         if self._started:
             self.wrappedProtocol.dataReceived(data)
             return
+        if self._head is not None:
+            data = self._head + data
+            if proxy_header_undecided(data):
+                self._head = data
+                return
+            self._head = None
         rest = compat.read_proxy_header(self, super().dataReceived, data)
         if rest is not None and not self.disconnecting:
             self._started = True

@@ -147,7 +147,7 @@ def pull_after_drain_ok() -> bool:
         b.close()
 
 
-def sendfile_socket(transport) -> Optional[int]:
+def sendfile_socket(transport: Any) -> Optional[int]:
     """
     The file descriptor of ``transport``'s socket, for sendfile, when writes to it may
     bypass the transport (a plain TCP or Unix connection, see ``pull_after_drain_ok``);

@@ -17,7 +17,7 @@ import time
 from typing import Tuple
 
 import pytest
-from twisted.internet import error, tcp
+from twisted.internet import abstract, error, tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -362,10 +362,10 @@ class Closes:
 
 def _pump(conn, peer, ended: list, limit: int = 100000) -> bytes:
     """Run the transport's writes (as the reactor would) and read the peer until the
-    sender has ended, then what is left."""
+    sender has ended and the transport has written all it holds, then what is left."""
     got = bytearray()
     for _ in range(limit):
-        if ended:
+        if ended and not conn._tempDataLen and conn.offset == len(conn.dataBuffer):
             break
         conn.doWrite()
         try:
@@ -444,3 +444,25 @@ def test_sender_writes_blocks_through_other_transports(small_file):
     assert ended == [DONE] and transport.producer is None
     assert transport.value() == data[5:]
     assert max(sizes) == sendfile.BLOCK
+
+
+def test_sender_writes_through_the_transport_when_the_probe_fails(pair, small_file,
+                                                                  monkeypatch):
+    conn, peer = pair
+    fd, data = small_file
+    compat.pull_after_drain_ok.cache_clear()
+    # A doWrite that no longer asks a pull producer once its buffer is empty.
+    monkeypatch.setattr(abstract.FileDescriptor, "doWrite", lambda self: None)
+    try:
+        assert not compat.pull_after_drain_ok()
+        assert compat.sendfile_socket(conn) is None
+    finally:
+        compat.pull_after_drain_ok.cache_clear()
+    monkeypatch.undo()
+    monkeypatch.setattr(compat, "pull_after_drain_ok", lambda: False)
+    ended: list = []
+    sender = FileSender(None, fd, 0, len(data), DONE, "/f")
+    sender.start(conn, ended.append)  # writes its first block at once
+    assert conn._tempDataLen == sendfile.BLOCK
+    assert _pump(conn, peer, ended) == data
+    assert ended == [DONE]

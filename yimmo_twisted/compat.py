@@ -130,6 +130,7 @@ def pull_after_drain_ok() -> bool:
     """
     a, b = socket.socketpair()
     a.setblocking(False)
+    b.setblocking(False)  # nothing sent: an error, not a wait
     try:
         conn = tcp.Connection(a, Protocol(), _NoReactor())
         conn.connected = True

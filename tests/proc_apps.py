@@ -23,3 +23,18 @@ def slow(environ, start_response):
     query = dict(p.split("=", 1) for p in environ.get("QUERY_STRING", "").split("&") if "=" in p)
     time.sleep(float(query.get("s", "1")))
     return pid(environ, start_response)
+
+
+def routes(environ, start_response):
+    """/spin and /sleep hang (in Python, in C); anything else answers with the PID."""
+    path = environ["PATH_INFO"]
+    if path == "/spin":
+        spin_forever()
+    elif path == "/sleep":
+        time.sleep(60)
+    return pid(environ, start_response)
+
+
+def spin_forever():
+    while True:  # hung in Python: the stack shows this line
+        time.sleep(0.01)

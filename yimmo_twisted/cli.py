@@ -57,7 +57,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     reactor: Any = _reactor  # the installed reactor: IReactorCore and IReactorThreads
 
     start_logging(settings.log_level)
-    if settings.no_proc == 1:
+    if not settings.managed:
         # The manager replaces its processes on SIGHUP; one process has nothing to replace.
         signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(
             log.warn, "SIGHUP ignored: reloading needs no_proc > 1"))

@@ -26,6 +26,7 @@ BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
 
 LOG_LEVELS = ("FATAL", "ERROR", "WARNING", "NOTICE", "INFO", "DEBUG", "TRACE")
 ACCESS_LOG_FORMATS = ("combined", "json", "off")
+TIMEOUT_ACTIONS = ("log", "recycle")
 
 
 class ConfigError(ValueError):
@@ -75,6 +76,21 @@ def _size(raw: Any) -> int:
     if value < 1:
         raise ValueError("must be at least 1 byte")
     return value
+
+
+def _count(raw: Any) -> int:
+    """A whole number, 0 for off."""
+    value = _int(raw)
+    if value < 0:
+        raise ValueError("must be 0 (off) or more")
+    return value
+
+
+def _size_or_off(raw: Any) -> int:
+    """A byte count as _size takes it, or 0 (or off) for no limit."""
+    if raw is False or str(raw).strip().lower() in ("0", "off"):
+        return 0
+    return _size(raw)
 
 
 def _choice(choices: Tuple[str, ...]) -> Callable[[Any], str]:
@@ -246,6 +262,27 @@ OPTIONS = (
     Option("ready_timeout", _seconds, "YIMMO_WSGI_READY_TIMEOUT", ("--ready-timeout",),
            _w("ready_timeout"), "seconds a new server process may take to import the app and "
            "listen"),
+    # Recycling (recycle.py): a server process past a limit is replaced as on SIGHUP.
+    Option("max_requests", _count, "YIMMO_WSGI_MAX_REQUESTS", ("--max-requests",),
+           _w("max_requests"), "requests a server process serves before it is replaced "
+           "(0: never; any limit runs a manager, even with one process)"),
+    Option("max_requests_jitter", _count, "YIMMO_WSGI_MAX_REQUESTS_JITTER",
+           ("--max-requests-jitter",), _w("max_requests_jitter"),
+           "0 to N requests added at random to max_requests in each server process, so that "
+           "they are not all replaced at once"),
+    Option("max_lifetime", _seconds_or_off, "YIMMO_WSGI_MAX_LIFETIME", ("--max-lifetime",),
+           _w("max_lifetime"), "seconds a server process lives before it is replaced (0: "
+           "forever)"),
+    Option("max_rss", _size_or_off, "YIMMO_WSGI_MAX_RSS", ("--max-rss",), _w("max_rss"),
+           "resident memory, in bytes, past which a server process is replaced (checked "
+           "every 2 s; 0: no limit)", "BYTES"),
+    Option("request_timeout", _seconds_or_off, "YIMMO_WSGI_REQUEST_TIMEOUT",
+           ("--request-timeout",), _w("request_timeout"), "seconds a request may run before "
+           "it is logged as hung, with its thread's stack (0: never)"),
+    Option("timeout_action", _choice(TIMEOUT_ACTIONS), "YIMMO_WSGI_TIMEOUT_ACTION",
+           ("--timeout-action",), _w("timeout_action"), "past request_timeout: log, or "
+           "recycle (also replace the process; the hung request has grace to finish, then "
+           "its process is killed)", "ACTION"),
     # WebSockets (websockets.py); input_buffer and output_buffer bound their queues too.
     Option("ws_max_message_size", _size, "YIMMO_WS_MAX_MESSAGE_SIZE",
            ("--ws-max-message-size",), _w("websockets", "max_message_size"),
@@ -337,6 +374,12 @@ class Settings:
     linger: float = 2.0
     start_failures: int = 5
     ready_timeout: float = 60.0
+    max_requests: int = 0  # 0: off, as the other limits below
+    max_requests_jitter: int = 0
+    max_lifetime: float = 0.0
+    max_rss: int = 0
+    request_timeout: float = 0.0
+    timeout_action: str = "log"
     ws_max_message_size: int = 16 << 20
     ws_max_frame_size: int = 16 << 20
     ws_compression: bool = False
@@ -358,6 +401,17 @@ class Settings:
         if self.module:
             return "%s:%s" % (self.module, self.app or "app")
         return self.app
+
+    @property
+    def recycles(self) -> bool:
+        """A limit replaces server processes: a manager runs them, even just one."""
+        return bool(self.max_requests or self.max_lifetime or self.max_rss
+                    or (self.request_timeout and self.timeout_action == "recycle"))
+
+    @property
+    def managed(self) -> bool:
+        """A manager runs server processes (proc.py), rather than one process serving."""
+        return self.no_proc > 1 or self.recycles
 
     def endpoints(self) -> List[str]:
         """

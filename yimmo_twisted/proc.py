@@ -22,16 +22,21 @@ Signals: SIGTERM/SIGINT stop the manager's reactor; stopping, the manager closes
 sockets and sends SIGTERM to every server process, which stops accepting and drains its
 requests for ``grace`` seconds (then SIGKILL).  SIGHUP replaces the server processes one
 by one: a new one is started, and only once it is ready is the old one drained.
+
+Recycling: a server process past one of its limits (recycle.py) asks over fd 3 to be
+replaced ("recycle: REASON"); it is replaced as on SIGHUP, and a replaced process that
+outlives its grace period is killed.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
 import sys
 from time import monotonic
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Counter, Dict, List, Optional, Set, Tuple
 
 from twisted.application import service
 from twisted.application.reactors import getReactorTypes, installReactor
@@ -52,7 +57,7 @@ log = logger("yimmo.proc")
 EXIT_START = 3  # a server process that cannot start (bad app, bad setting): no retry
 MIN_LIFETIME = 2.0  # seconds: a process dying sooner died "at start-up"
 KILL_MARGIN = 5.0  # seconds past the grace period before SIGKILL
-CONTROL_FD = 3  # server process -> manager: "ready" or "error: ..."
+CONTROL_FD = 3  # server process -> manager: "ready", "error: ..." or "recycle: ..."
 FIRST_SOCKET_FD = 4
 
 
@@ -87,6 +92,8 @@ class ServerProcess(ProcessProtocol):
                 self.ready.callback(self)
             elif text.startswith("error: "):
                 self.error = text[len("error: "):]
+            elif text.startswith("recycle: "):
+                self.manager.recycle(self, text[len("recycle: "):])
 
     def _relay(self, fd: int, data: bytes, end: bool = False) -> None:
         """The process's output, when it goes to the manager's log (see Manager.relay)."""
@@ -158,6 +165,8 @@ class Manager(service.Service):
         self.failures = 0
         self.stopping = False
         self.reloading = False
+        self.replacing: Set[int] = set()  # slots whose successor is starting
+        self.recycles: Counter[str] = collections.Counter()  # by limit: max_requests...
         self.relay = False
         self.reactor_name: Optional[str] = None  # what the server processes install
 
@@ -184,10 +193,26 @@ class Manager(service.Service):
             self.sockets.append((port.fileno(), port.addressFamily, description))
             log.info("manager holds {address} for {n} server processes",
                      address=describe(port), n=self.settings.no_proc)
-        banner(log, self.settings, "manager", [describe(p) for p in self.ports])
+        banner(log, self.settings, self.role(), [describe(p) for p in self.ports])
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         for slot in range(self.settings.no_proc):
             self._spawn(slot)
+
+    def role(self) -> str:
+        """For the banner: ``manager``, and the limits that replace its processes."""
+        s = self.settings
+        limits = []
+        if s.max_requests:
+            limits.append("max_requests %d%s" % (s.max_requests, "+0..%d" % s.max_requests_jitter
+                                                 if s.max_requests_jitter else ""))
+        if s.max_lifetime:
+            limits.append("max_lifetime %g s" % s.max_lifetime)
+        if s.max_rss:
+            limits.append("max_rss %d bytes" % s.max_rss)
+        if s.request_timeout and s.timeout_action == "recycle":
+            limits.append("request_timeout %g s" % s.request_timeout)
+        return "manager" + ("; replaces server processes past " + ", ".join(limits)
+                            if limits else "")
 
     def _spawn(self, slot: int) -> ServerProcess:
         proc = ServerProcess(self, slot)
@@ -255,21 +280,61 @@ class Manager(service.Service):
         log.info("SIGHUP: replacing {n} server processes", n=len(self.procs))
         try:
             for slot in sorted(self.procs):
-                old = self.procs[slot]
-                new = self._spawn(slot)
-                try:
-                    yield new.ready.addTimeout(self.settings.ready_timeout, self.reactor)
-                except Exception as e:
-                    log.error("reload stopped: the new server process {slot} did not start "
-                              "({error}); the old ones keep serving", slot=slot, error=e)
-                    self.procs[slot] = old
-                    new.signal("KILL")
+                if slot in self.replacing:
+                    continue  # a recycle is starting its successor already
+                if not (yield self._replace(slot)):
+                    log.error("reload stopped: the old server processes keep serving")
                     return
-                self.retiring.append(old)
-                old.retire()
             log.info("reload done")
         finally:
             self.reloading = False
+
+    def recycle(self, proc: ServerProcess, request: str) -> None:
+        """A server process past a limit (``request``: ``LIMIT why``) asks to be replaced."""
+        kind, _, why = request.partition(" ")
+        if (self.stopping or self.reloading or self.procs.get(proc.slot) is not proc
+                or proc.slot in self.replacing):
+            return  # being replaced already, or soon
+        self.recycles[kind] += 1
+        log.info("recycling server process {slot} (pid {pid}): {why}", slot=proc.slot,
+                 pid=proc.pid, why=why)
+        self._replace(proc.slot)
+
+    @defer.inlineCallbacks
+    def _replace(self, slot: int):
+        """
+        Start a successor for the process of ``slot`` and, once it is ready, drain the old
+        one.  True when done; False when the successor did not start (the old one goes on).
+        """
+        old = self.procs[slot]
+        self.replacing.add(slot)
+        try:
+            new = self._spawn(slot)
+            # Ready, dead or late: ``ready`` swallows its failures (_spawn), so look at
+            # is_ready rather than at what it gives.
+            yield new.ready.addTimeout(self.settings.ready_timeout, self.reactor)
+            if not new.is_ready:
+                log.error("the new server process {slot} did not start ({error})", slot=slot,
+                          error=new.error or "not ready in time")
+                if self.procs.get(slot) is new:
+                    self.procs[slot] = old
+                    new.signal("KILL")
+                else:  # it died, and _ended has started another in its place
+                    self._retire(old)
+                return False
+            self._retire(old)
+            return True
+        finally:
+            self.replacing.discard(slot)
+
+    def _retire(self, proc: ServerProcess) -> None:
+        """Drain ``proc``, replaced; killed if it outlives the grace period (a hung app)."""
+        if proc.ended.called:
+            return
+        self.retiring.append(proc)
+        proc.retire()
+        kill = self.reactor.callLater(self.settings.grace + KILL_MARGIN, self._kill, [proc])
+        proc.ended.addCallback(lambda _: kill.cancel() if kill.active() else None)
 
     # -- stop ----------------------------------------------------------------------
 
@@ -372,6 +437,8 @@ def server_process_main(argv: List[str]) -> None:
         log.info("server process {slot} (pid {pid}) serving", slot=spec["slot"],
                  pid=os.getpid())
         _report("ready")
+
+    server.watchdog.ask = lambda reason: _report("recycle: " + reason)
 
     def failed(failure) -> None:
         _report("error: %s" % failure.getErrorMessage())

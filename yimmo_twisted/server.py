@@ -28,6 +28,7 @@ from .context import ErrorStream, FileWrapper
 from .exchange import SERVER_SOFTWARE
 from .forwarded import Trusted
 from .logs import AccessLog, logger
+from .recycle import Watchdog
 from .session import _IDLE, HTTPSession
 from .websockets import Bridge
 from .worker import Handoff, WorkerPool
@@ -203,6 +204,7 @@ class Server(service.Service):
             "wsgi.file_wrapper": FileWrapper,
         }
         self._sweep: Optional[LoopingCall] = None
+        self.watchdog = Watchdog(settings, self.pool, reactor, self.now)
         self._deadline = 0.0  # of the drain, once stopping
         self.draining = False  # sessions that start now say Connection: close
 
@@ -266,6 +268,7 @@ class Server(service.Service):
         self._sweep = LoopingCall(self._check_timeouts)
         self._sweep.clock = self.reactor
         self._sweep.start(interval, now=False)
+        self.watchdog.start()
 
     def _check_timeouts(self) -> None:
         now = self.now()
@@ -295,6 +298,7 @@ class Server(service.Service):
         yield self._drain()
         if self._sweep is not None and self._sweep.running:
             self._sweep.stop()
+        self.watchdog.stop()
         for session in list(self.sessions):
             session.abort()
         for proxied in list(self.awaiting_header):

@@ -1,7 +1,8 @@
 """
 The service every door runs: ``yimmo-wsgi``, ``twistd yimmo`` / ``twist yimmo`` and .tac
-files.  With ``no_proc = 1`` it is the server itself; above, the manager of server
-processes (proc.py).
+files.  With ``no_proc = 1`` it is the server itself; above, or with a limit that
+replaces server processes (``Settings.recycles``), the manager of server processes
+(proc.py), as gunicorn always runs its arbiter.
 """
 
 from __future__ import annotations
@@ -60,10 +61,11 @@ class YimmoService(service.MultiService):
         if settings.tls and settings.listen:
             log.warn("tls_cert and tls_key apply to the port setting only; with listen, "
                      "write ssl: endpoints (ssl:8443:privateKey=KEY:certKey=CERT)")
-        if settings.no_proc > 1:
+        if settings.managed:
             if callable_app is not None:
-                raise ConfigError("no_proc > 1 needs the application as MODULE:APP "
-                                  "(each server process imports it)")
+                raise ConfigError("no_proc > 1 and the recycling limits (max_requests, "
+                                  "max_lifetime, max_rss, timeout_action recycle) need the "
+                                  "application as MODULE:APP (each server process imports it)")
             self.child: Union[Manager, Server] = Manager(settings, self._fatal, reactor)
         else:
             assert callable_app is not None or settings.app_spec is not None  # build() checked
@@ -74,7 +76,7 @@ class YimmoService(service.MultiService):
     def startService(self) -> defer.Deferred:
         service.Service.startService(self)
         d = defer.maybeDeferred(self.child.startService)
-        if self.settings.no_proc == 1:
+        if not self.settings.managed:
             d.addCallback(self._started)
         d.addErrback(self._cannot_start)
         return d

@@ -1,0 +1,200 @@
+"""
+Recycling (recycle.py, proc.py): server processes past max_requests, max_lifetime or
+max_rss are replaced as on SIGHUP, successor first, refusing and losing no request; hung
+requests are logged with their thread's stack, and with timeout_action recycle their
+process is replaced, then killed once its grace period is over.  Bad values stop start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import List
+
+import pytest
+
+import rawhttp
+from conftest import ROOT, _env
+from test_proc import Load, pids_of, wait_gone
+
+QUIET = ("-t", "2", "--access-log", "off")
+
+
+def recycles(server) -> int:
+    return len(re.findall(r"recycling server process", server.output()))
+
+
+def readies(server) -> int:
+    return len(re.findall(r"server process \d+ ready", server.output()))
+
+
+def test_max_requests_replaces_the_process_every_50_requests(serve):
+    server = serve("proc_apps:pid", "--max-requests", "50", "--max-requests-jitter", "0",
+                   *QUIET)
+    assert "(manager; replaces server processes past max_requests 50, pid" in server.output()
+    pids: List[bytes] = []
+    errors: List[str] = []
+    conn = None
+    for i in range(200):
+        try:
+            if i % 2:  # fresh connections and keep-alive ones, in turn
+                r = server.get("/")
+            else:
+                if conn is None:
+                    conn = rawhttp.connect(server.port)
+                conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                r = conn.read_response()
+                if r.connection_close:
+                    conn.close()
+                    conn = None
+            assert r.status == 200, r
+            pids.append(r.body.split()[0])
+        except (OSError, AssertionError) as e:
+            errors.append("request %d: %s: %s" % (i, type(e).__name__, e))
+            conn = None
+        # Slower while a successor starts (the old process serves meanwhile), and paced
+        # so that the count, checked every 0.1 s, overshoots 50 by a few: a fast client
+        # would send the 200 to one process or two.
+        time.sleep(0.1 if recycles(server) >= readies(server) else 0.02)
+    if conn is not None:
+        conn.close()
+    assert not errors, errors
+    changes = sum(1 for a, b in zip(pids, pids[1:]) if a != b)
+    assert changes >= 3, (changes, server.output())
+    assert re.search(r"served 5\d requests \(max_requests 50\)", server.output())
+
+
+def test_max_requests_under_concurrent_load_loses_no_request(serve):
+    server = serve("proc_apps:pid", "--max-requests", "40", "--max-requests-jitter", "10",
+                   *QUIET)
+    load = Load(server.port, clients=4)
+    try:
+        deadline = time.monotonic() + 20
+        while recycles(server) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        load.stop()
+    assert not load.errors, load.errors
+    assert recycles(server) >= 3 and len(load.ok) >= 3, (load.ok, server.output())
+    assert server.alive()
+
+
+def test_max_lifetime_replaces_the_process_after_it(serve):
+    server = serve("proc_apps:pid", "--max-lifetime", "2", *QUIET)
+    first = server.get("/").body.split()[0]
+    load = Load(server.port, clients=2)
+    try:
+        m = server.wait_for_output(r"recycling server process 0 \(pid %s\): ran ([\d.]+) s "
+                                   r"\(max_lifetime 2 s\)" % first.decode(), timeout=6)
+        assert 2 <= float(m.group(1)) < 3.5
+        server.wait_for_output(r"server process 0 ready[\s\S]*server process 0 ready")
+        time.sleep(0.5)
+    finally:
+        load.stop()
+    assert not load.errors, load.errors
+    assert len(load.ok) >= 2 and server.get("/").body.split()[0] != first, load.ok
+
+
+def test_max_rss_replaces_the_process_once_its_successor_has_served(serve):
+    server = serve("proc_apps:pid", "--max-rss", "1M", *QUIET)
+    first = server.get("/").body.split()[0]
+    server.wait_for_output(r"recycling server process 0 \(pid %s\): resident memory \d+ "
+                           r"bytes \(max_rss 1048576\)" % first.decode(), timeout=6)
+    server.wait_for_output(r"server process 0 ready[\s\S]*server process 0 ready")
+    # Rate limit: a successor, itself past max_rss, is not replaced until it has served.
+    time.sleep(3)
+    assert recycles(server) == 1, server.output()
+    second = server.get("/").body.split()[0]
+    assert second != first
+    server.wait_for_output(r"recycling server process 0 \(pid %s\)" % second.decode(),
+                           timeout=6)
+
+
+def _wait_hung_log(server, function: str, timeout: float):
+    return server.wait_for_output(
+        r"request running for [\d.]+ s \(request_timeout 1 s\) in yimmo-worker-\d; its "
+        r"stack:[\s\S]*proc_apps\.py\", line \d+, in %s" % function, timeout=timeout)
+
+
+@pytest.mark.parametrize("path, function", [("/spin", "spin_forever"), ("/sleep", "routes")])
+def test_hung_request_is_logged_with_its_stack(serve, path, function):
+    server = serve("proc_apps:routes", "--request-timeout", "1", "--grace", "0.5", *QUIET)
+    conn = rawhttp.connect(server.port)
+    try:
+        conn.send(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+        sent = time.monotonic()
+        _wait_hung_log(server, function, timeout=3)
+        assert time.monotonic() - sent < 1 + 1, "not within request_timeout + 1 s"
+        time.sleep(1)  # once per request
+        assert server.output().count("request running for") == 1
+        assert server.get("/").status == 200  # the other workers serve
+    finally:
+        conn.close()
+
+
+def test_timeout_action_recycle_replaces_and_then_kills_the_hung_process(serve):
+    server = serve("proc_apps:routes", "-p", "1", "--request-timeout", "1",
+                   "--timeout-action", "recycle", "--grace", "2", *QUIET)
+    hung = int(server.get("/").body.split()[0])
+    conn = rawhttp.connect(server.port)
+    try:
+        conn.send(b"GET /spin HTTP/1.1\r\nHost: x\r\n\r\n")
+        _wait_hung_log(server, "spin_forever", timeout=3)
+        server.wait_for_output(r"recycling server process 0 \(pid %d\): a request ran past "
+                               r"request_timeout" % hung)
+        successor = pids_of(server, 2)[1]
+        draining = time.monotonic()
+        r = server.get("/hello")
+        assert r.status == 200 and int(r.body.split()[0]) == successor
+        assert wait_gone([hung], 2 + 5 + 2), "the hung process outlived its grace period"
+        assert time.monotonic() - draining >= 1.5  # it had its grace period
+    finally:
+        conn.close()
+    assert server.get("/").status == 200 and server.alive()
+
+
+def _exit_of(*args: str, env=None):
+    return subprocess.run([sys.executable, "-m", "yimmo_twisted", *args, "proc_apps:pid"],
+                          cwd=ROOT, env=_env(env or {}), capture_output=True, text=True,
+                          timeout=30)
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--max-requests", "-1"), ("--max-requests", "many"), ("--max-requests-jitter", "-5"),
+    ("--max-lifetime", "-2"), ("--max-lifetime", "soon"), ("--max-rss", "-1M"),
+    ("--max-rss", "big"), ("--request-timeout", "-1"), ("--timeout-action", "panic"),
+])
+def test_bad_values_are_refused_in_one_line(option, value):
+    out = _exit_of("%s=%s" % (option, value))
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("yimmo-wsgi: error: invalid "), out.stderr
+
+
+def test_settings_from_yaml(tmp_path):
+    from yimmo_twisted.config import build
+
+    path = tmp_path / "y.yaml"
+    path.write_text("wsgi:\n  app: proc_apps:pid\n  max_requests: 10\n  max_requests_jitter: 3"
+                    "\n  max_lifetime: 60\n  max_rss: 512M\n  request_timeout: 30\n"
+                    "  timeout_action: recycle\n")
+    s = build({"config": str(path)}, lambda o: "", {})
+    assert (s.max_requests, s.max_requests_jitter, s.max_lifetime, s.max_rss,
+            s.request_timeout, s.timeout_action) == (10, 3, 60.0, 512 << 20, 30.0, "recycle")
+    assert s.managed and s.no_proc == 1
+
+
+def test_settings_from_the_environment():
+    from yimmo_twisted.config import build
+
+    s = build({"app": "proc_apps:pid"}, lambda o: "", {
+        "YIMMO_WSGI_MAX_REQUESTS": "7", "YIMMO_WSGI_MAX_REQUESTS_JITTER": "2",
+        "YIMMO_WSGI_MAX_LIFETIME": "0", "YIMMO_WSGI_MAX_RSS": "1G",
+        "YIMMO_WSGI_REQUEST_TIMEOUT": "2.5", "YIMMO_WSGI_TIMEOUT_ACTION": "log"})
+    assert (s.max_requests, s.max_requests_jitter, s.max_lifetime, s.max_rss,
+            s.request_timeout, s.timeout_action) == (7, 2, 0.0, 1 << 30, 2.5, "log")
+    assert not build({"app": "proc_apps:pid"}, lambda o: "", {}).managed
+    assert not build({"app": "a:b"}, lambda o: "", {"YIMMO_WSGI_REQUEST_TIMEOUT": "2"}).managed

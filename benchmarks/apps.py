@@ -5,6 +5,8 @@ servers, not the applications.  Run e.g. ``yimmo-wsgi benchmarks.apps:hello`` fr
 repository root.
 """
 
+import os
+
 HELLO = b"Hello, World!\n"
 PAYLOAD_10K = (b"0123456789abcdef" * 64) * 10  # exactly 10 KiB
 assert len(PAYLOAD_10K) == 10 * 1024
@@ -55,3 +57,20 @@ def cpu(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"),
                               ("Content-Length", str(len(body)))])
     return [body]
+
+
+def _blocks(f, size):
+    """PEP 3333's fallback where a server has no wsgi.file_wrapper (granian)."""
+    with f:
+        yield from iter(lambda: f.read(size), b"")
+
+
+def download(environ, start_response):
+    """``/download``: the file named by $BENCH_FILE through wsgi.file_wrapper (PEP 3333's
+    platform file handling: sendfile where a server has it); any other path: hello."""
+    if environ["PATH_INFO"] != "/download":
+        return hello(environ, start_response)
+    f = open(os.environ["BENCH_FILE"], "rb")
+    start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                              ("Content-Length", str(os.fstat(f.fileno()).st_size))])
+    return environ.get("wsgi.file_wrapper", _blocks)(f, 65536)

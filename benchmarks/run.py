@@ -11,6 +11,11 @@ about a second, measured with ``wrk -t1 -c50 -dNs --latency`` and stopped (SIGTE
 process group, SIGKILL after a timeout).  Every server is stopped on errors and on Ctrl-C
 too.  Results go to stdout as Markdown tables; progress goes to stderr.
 
+Two scenarios serve a 200 MB file (made in a temporary folder for the run, removed after
+it) through wsgi.file_wrapper: "download" times whole downloads by a client of this
+script that reads as fast as it can; "slow-downloads" measures /hello with wrk, alone and
+while 20 clients of this script download the file at 64 KiB/s each.
+
 Standard library only.
 """
 
@@ -29,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from importlib import metadata
 from typing import Dict, List, Optional
@@ -52,7 +58,15 @@ SCENARIOS = {
     "upload": ("upload_echo", "upload.lua",
                "POST of 1 MiB, the app reads it all, answers its length"),
     "cpu": ("cpu", None, "GET, ~2 ms of pure-Python CPU work per request (GIL-bound)"),
+    # Measured by clients of this script (see CLIENTS), not by wrk alone.
+    "download": ("download", None, "GET of a 200 MB file through wsgi.file_wrapper, "
+                 "read as fast as the client can"),
+    "slow-downloads": ("download", None, "GET /hello under wrk, alone and while 20 clients "
+                       "download the 200 MB file at 64 KiB/s each"),
 }
+FILE_SCENARIOS = ("download", "slow-downloads")
+FILE_SIZE = 200 * 1000 * 1000
+SLOW_RATE = 64 * 1024  # bytes per second for each slow downloader
 
 
 # --- servers -----------------------------------------------------------------------------
@@ -227,6 +241,8 @@ def parse_wrk(out: str) -> Dict[str, object]:
     m = re.search(r"^\s*(\d+) requests in", out, re.M)
     if m:
         result["requests"] = int(m.group(1))
+        if not result["requests"]:
+            result["p99_ms"] = None  # wrk prints 0.00us: no request was answered
     m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     if m:
         result["non2xx"] = int(m.group(1))
@@ -276,15 +292,9 @@ def measure(server_name: str, scenario: str, args) -> Dict[str, object]:
         if why:
             row["error"] = "failed to start: " + why
             return row
-        wrk(port, script, WARMUP, args)  # warm-up, discarded
-        out = wrk(port, script, args.duration, args)
-        row["wrk"] = out
-        row.update(parse_wrk(out))
+        CLIENTS.get(scenario, run_wrk)(server, script, args, row)
         if server.proc.poll() is not None:
             row["crashed"] = "exited with status %s during the run" % server.proc.returncode
-        row["ok"] = row.get("rps") is not None
-        if not row["ok"]:
-            row["error"] = "wrk output not understood"
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
         row["error"] = str(e)
     finally:
@@ -301,11 +311,190 @@ def measure(server_name: str, scenario: str, args) -> Dict[str, object]:
               % (scenario, server_name, row["server_error_count"], row["server_errors"][0][:300]),
               file=sys.stderr)
     if row.get("ok"):
-        print("[%s] %s: %.0f req/s, p99 %.2f ms, errors %s" % (scenario, server_name, row["rps"],
-              row["p99_ms"] or 0.0, errors_text(row)), file=sys.stderr)
+        print("[%s] %s: %s" % (scenario, server_name, SUMMARIES.get(scenario, wrk_summary)(row)),
+              file=sys.stderr)
     else:
         print("[%s] %s: %s" % (scenario, server_name, row.get("error")), file=sys.stderr)
     return row
+
+
+def run_wrk(server: Server, script: Optional[str], args, row: Dict[str, object]) -> None:
+    """A warm-up, then wrk for ``args.duration`` seconds."""
+    wrk(server.port, script, WARMUP, args)  # warm-up, discarded
+    out = wrk(server.port, script, args.duration, args)
+    row["wrk"] = out
+    row.update(parse_wrk(out))
+    row["ok"] = row.get("rps") is not None
+    if not row["ok"]:
+        row["error"] = "wrk output not understood"
+
+
+def p99_text(value: Optional[float]) -> str:
+    return "n/a" if value is None else "%.2f" % value
+
+
+def wrk_summary(row: Dict[str, object]) -> str:
+    return "%.0f req/s, p99 %.2f ms, errors %s" % (row["rps"], row["p99_ms"] or 0.0,
+                                                   errors_text(row))
+
+
+# --- the file scenarios: clients of this script ------------------------------------------
+
+DOWNLOAD = b"GET /download HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+
+
+def make_file(folder: str) -> str:
+    """FILE_SIZE random bytes in ``folder``, on disk and in the page cache."""
+    path = os.path.join(folder, "download.bin")
+    with open(path, "wb") as f:
+        for _ in range(FILE_SIZE // (1 << 20)):
+            f.write(os.urandom(1 << 20))
+        f.write(os.urandom(FILE_SIZE % (1 << 20)))
+        f.flush()
+        os.fsync(f.fileno())  # no write-back during the measurements
+    return path
+
+
+def _read_head(sock: socket.socket) -> bytes:
+    """The response head (checked: 200 with a Content-Length of FILE_SIZE); the body
+    bytes read with it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = sock.recv(65536)
+        if not more:
+            raise RuntimeError("connection closed before the response head")
+        data += more
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.lower().split(b"\r\n")
+    if not lines[0].startswith(b"http/1.1 200") or (
+            b"content-length: %d" % FILE_SIZE) not in lines:
+        raise RuntimeError("unexpected response head: %r" % head[:300])
+    return rest
+
+
+def download(port: int) -> float:
+    """Seconds for one GET /download, read to its end as fast as this client can."""
+    view = memoryview(bytearray(1 << 20))
+    with socket.create_connection((HOST, port), timeout=30) as sock:
+        started = time.perf_counter()
+        sock.sendall(DOWNLOAD)
+        got = len(_read_head(sock))
+        while got < FILE_SIZE:
+            n = sock.recv_into(view)
+            if not n:
+                raise RuntimeError("connection closed after %d of %d bytes" % (got, FILE_SIZE))
+            got += n
+        return time.perf_counter() - started
+
+
+def cpu_seconds(group: int) -> float:
+    """User and system CPU time so far of the processes in process group ``group``."""
+    ticks = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) == group:  # pgrp, then utime and stime at 11 and 12
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run_download(server: Server, script: Optional[str], args, row: Dict[str, object]) -> None:
+    """``args.downloads`` downloads after a warm-up one: the best, the median, and the
+    server's CPU time per download."""
+    download(server.port)
+    cpu = cpu_seconds(server.proc.pid)  # the group's id is the leader's pid (new session)
+    times = [download(server.port) for _ in range(args.downloads)]
+    cpu = cpu_seconds(server.proc.pid) - cpu
+    row.update(seconds=min(times), median=sorted(times)[len(times) // 2], times=times,
+               cpu_ms=1000 * cpu / len(times), ok=True)
+
+
+def download_summary(row: Dict[str, object]) -> str:
+    return "best %.3f s, median %.3f s, server CPU %.0f ms per download" % (
+        row["seconds"], row["median"], row["cpu_ms"])
+
+
+class SlowDownloader(threading.Thread):
+    """One client reading GET /download at SLOW_RATE until ``stop`` is set."""
+
+    def __init__(self, port: int, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.port, self.stop = port, stop
+        self.received = 0  # body bytes
+        self.error: Optional[str] = None
+
+    def run(self) -> None:
+        try:
+            with socket.socket() as sock:
+                # A small receive buffer, as on a slow link: the server's sends wait.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+                sock.settimeout(30)
+                sock.connect((HOST, self.port))
+                sock.sendall(DOWNLOAD)
+                self.received = len(_read_head(sock))
+                started = time.monotonic()
+                sock.settimeout(0.5)
+                while not self.stop.is_set():
+                    allowed = int((time.monotonic() - started) * SLOW_RATE) - self.received
+                    if allowed < 16384:
+                        self.stop.wait((16384 - allowed) / SLOW_RATE)
+                        continue
+                    try:
+                        data = sock.recv(min(allowed, 65536))
+                    except socket.timeout:
+                        continue
+                    if not data:
+                        raise RuntimeError("closed after %d bytes" % self.received)
+                    self.received += len(data)
+        except (OSError, RuntimeError) as e:
+            if not self.stop.is_set():
+                self.error = str(e)
+
+
+def run_slow_downloads(server: Server, script: Optional[str], args,
+                       row: Dict[str, object]) -> None:
+    """wrk on /hello alone, then with ``args.slow_clients`` slow downloads under way."""
+    wrk(server.port, None, WARMUP, args)  # warm-up, discarded
+    row["alone"] = parse_wrk(wrk(server.port, None, args.duration, args))
+    stop = threading.Event()
+    clients = [SlowDownloader(server.port, stop) for _ in range(args.slow_clients)]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(1.0)  # connected and answered, the socket buffers full
+        out = wrk(server.port, None, args.duration, args)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(5)
+    row["wrk"] = out
+    row.update(parse_wrk(out))
+    # Served: clients that got at least a second's worth (a server with fewer threads
+    # than clients leaves the others waiting for a thread).
+    row["served"] = sum(1 for c in clients if c.received >= SLOW_RATE)
+    row["slow_clients"] = len(clients)
+    row["client_errors"] = [c.error for c in clients if c.error]
+    row["ok"] = row.get("rps") is not None and row["alone"].get("rps") is not None
+    if not row["ok"]:
+        row["error"] = "wrk output not understood"
+
+
+def slow_summary(row: Dict[str, object]) -> str:
+    alone = row["alone"]
+    return ("/hello %.0f req/s, p99 %s ms alone; %.0f req/s, p99 %s ms with %d of %d slow "
+            "downloads served, errors %s" % (
+                alone["rps"], p99_text(alone.get("p99_ms")), row["rps"],
+                p99_text(row.get("p99_ms")), row["served"], row["slow_clients"],
+                errors_text(row)))
+
+
+CLIENTS = {"download": run_download, "slow-downloads": run_slow_downloads}
+SUMMARIES = {"download": download_summary, "slow-downloads": slow_summary}
 
 
 def errors_text(row: Dict[str, object]) -> str:
@@ -399,16 +588,16 @@ def cell(text: str) -> str:
 def print_table(scenario: str, rows: List[Dict[str, object]]) -> None:
     print("### %s: %s" % (scenario, SCENARIOS[scenario][2]))
     print()
-    print("| server | req/s | p99 ms | errors | yimmo/peer |")
-    print("|---|---:|---:|---|---|")
+    columns, cells = TABLES.get(scenario, (WRK_COLUMNS, wrk_cells))
+    print("| server | " + " | ".join(name for name, _ in columns) + " |")
+    print("|---|" + "|".join(align for _, align in columns) + "|")
     for row in rows:
         label = SERVERS[row["server"]][2]
         if row.get("ok"):
-            p99 = "%.2f" % row["p99_ms"] if row.get("p99_ms") is not None else "n/a"
-            print("| %s | %.0f | %s | %s | %s |" % (label, row["rps"], p99,
-                                                    cell(errors_text(row)), ratio(rows, row)))
+            print("| %s | %s |" % (label, " | ".join(cells(rows, row))))
         else:
-            print("| %s | FAILED | — | %s | n/a |" % (label, cell(row.get("error", "?"))))
+            print("| %s | FAILED | %s |" % (label, " | ".join(
+                [cell(row.get("error", "?"))] + ["—"] * (len(columns) - 2))))
     print()
     notes = [note for row in rows for note in row_notes(row)]
     for note in notes:
@@ -416,6 +605,50 @@ def print_table(scenario: str, rows: List[Dict[str, object]]) -> None:
     if notes:
         print()
     sys.stdout.flush()
+
+
+WRK_COLUMNS = [("req/s", "---:"), ("p99 ms", "---:"), ("errors", "---"),
+               ("yimmo/peer", "---")]
+
+
+def wrk_cells(rows: List[Dict[str, object]], row: Dict[str, object]) -> List[str]:
+    return ["%.0f" % row["rps"], p99_text(row.get("p99_ms")), cell(errors_text(row)),
+            ratio(rows, row)]
+
+
+DOWNLOAD_COLUMNS = [("best s", "---:"), ("median s", "---:"), ("MB/s (best)", "---:"),
+                    ("server CPU ms per download", "---:"), ("peer/yimmo (best)", "---")]
+
+
+def download_cells(rows: List[Dict[str, object]], row: Dict[str, object]) -> List[str]:
+    own = "yimmo2" if row["server"].endswith("2") else "yimmo"
+    yimmo = next((r for r in rows if r["server"] == own and r.get("ok")), None)
+    if row["server"] == own:
+        versus = "—"
+    elif yimmo is None:
+        versus = "n/a"
+    else:  # above 1: yimmo is faster
+        versus = "%.2fx" % (row["seconds"] / yimmo["seconds"])
+    return ["%.3f" % row["seconds"], "%.3f" % row["median"],
+            "%.0f" % (FILE_SIZE / 1e6 / row["seconds"]), "%.0f" % row["cpu_ms"], versus]
+
+
+SLOW_COLUMNS = [("/hello req/s alone", "---:"), ("p99 ms alone", "---:"),
+                ("req/s with slow downloads", "---:"), ("p99 ms with", "---:"),
+                ("p99 delay ms", "---:"), ("downloads served", "---:"), ("errors", "---")]
+
+
+def slow_cells(rows: List[Dict[str, object]], row: Dict[str, object]) -> List[str]:
+    alone = row["alone"]
+    delay = (row["p99_ms"] - alone["p99_ms"]
+             if row.get("p99_ms") is not None and alone.get("p99_ms") is not None else None)
+    return ["%.0f" % alone["rps"], p99_text(alone.get("p99_ms")), "%.0f" % row["rps"],
+            p99_text(row.get("p99_ms")), p99_text(delay),
+            "%d of %d" % (row["served"], row["slow_clients"]), cell(errors_text(row))]
+
+
+TABLES = {"download": (DOWNLOAD_COLUMNS, download_cells),
+          "slow-downloads": (SLOW_COLUMNS, slow_cells)}
 
 
 def row_notes(row: Dict[str, object]) -> List[str]:
@@ -427,6 +660,9 @@ def row_notes(row: Dict[str, object]) -> List[str]:
                      "SIGKILL" % (row["server"], STOP_TIMEOUT))
     elif stop.get("stop_seconds", 0) > 2:
         notes.append("%s took %.1f s to exit after SIGTERM" % (row["server"], stop["stop_seconds"]))
+    if row.get("client_errors"):
+        notes.append("%s: %d slow downloader(s) failed, first: %s"
+                     % (row["server"], len(row["client_errors"]), cell(row["client_errors"][0])))
     if row.get("ok") and row.get("server_error_count"):
         notes.append("%s logged %d error-looking line(s), first: `%s`"
                      % (row["server"], row["server_error_count"],
@@ -468,6 +704,39 @@ def target_check(results: Dict[str, List[Dict[str, object]]]) -> None:
     sys.stdout.flush()
 
 
+def file_target_check(results: Dict[str, List[Dict[str, object]]]) -> None:
+    print("### targets (files): a download at least as fast as gunicorn's; slow downloads "
+          "delay /hello's p99 by at most 10 ms")
+    print()
+
+    def ok(scenario, name):
+        r = next((r for r in results.get(scenario, []) if r["server"] == name), None)
+        return r if r and r.get("ok") else None
+
+    checks = []
+    y, g = ok("download", "yimmo"), ok("download", "gunicorn")
+    if y and g:
+        checks.append(("download at least as fast as gunicorn", y["seconds"] <= g["seconds"],
+                       "best %.3f s vs %.3f s" % (y["seconds"], g["seconds"])))
+    elif "download" in results:
+        checks.append(("download at least as fast as gunicorn", None, "not measured"))
+    y = ok("slow-downloads", "yimmo")
+    if y and y.get("p99_ms") is not None and y["alone"].get("p99_ms") is not None:
+        delay = y["p99_ms"] - y["alone"]["p99_ms"]
+        checks.append(("/hello p99 delayed by at most 10 ms", delay <= 10 and
+                       y["served"] == y["slow_clients"],
+                       "%.2f ms (%.2f ms alone, %.2f ms with %d of %d downloads served)"
+                       % (delay, y["alone"]["p99_ms"], y["p99_ms"], y["served"],
+                          y["slow_clients"])))
+    elif "slow-downloads" in results:
+        checks.append(("/hello p99 delayed by at most 10 ms", None, "not measured"))
+    for name, passed, detail in checks:
+        verdict = "n/a" if passed is None else ("PASS" if passed else "FAIL")
+        print("- %s: %s (%s)" % (name, verdict, detail))
+    print()
+    sys.stdout.flush()
+
+
 # --- main --------------------------------------------------------------------------------
 
 def names(text: str, known: Dict[str, object], what: str) -> List[str]:
@@ -494,12 +763,18 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="3-second runs (sets --duration 3)")
     p.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
     p.add_argument("--threads-wrk", type=int, default=1, help="wrk -t (default 1)")
+    p.add_argument("--downloads", type=int, default=5,
+                   help="download: timed downloads per server, after a warm-up (default 5)")
+    p.add_argument("--slow-clients", type=int, default=20,
+                   help="slow-downloads: clients at 64 KiB/s each (default 20)")
     p.add_argument("--json", metavar="FILE", help="write the raw results here")
     args = p.parse_args(argv)
     if args.quick:
         args.duration = 3
-    if args.duration < 1 or args.connections < 1 or args.threads_wrk < 1:
-        p.error("--duration, --connections and --threads-wrk must be at least 1")
+    if (args.duration < 1 or args.connections < 1 or args.threads_wrk < 1
+            or args.downloads < 1 or args.slow_clients < 1):
+        p.error("--duration, --connections, --threads-wrk, --downloads and --slow-clients "
+                "must be at least 1")
     if args.connections < args.threads_wrk:
         p.error("--connections must be at least --threads-wrk")
     if not shutil.which("wrk"):
@@ -519,7 +794,12 @@ def main(argv=None) -> int:
     print_header(h)
     results: Dict[str, List[Dict[str, object]]] = {}
     status = 0
+    folder = tempfile.TemporaryDirectory(prefix="bench-files-")
     try:
+        if any(scenario in FILE_SCENARIOS for scenario in args.scenarios):
+            print("writing a %d MB file in %s" % (FILE_SIZE // 1000000, folder.name),
+                  file=sys.stderr)
+            os.environ["BENCH_FILE"] = make_file(folder.name)  # the servers' apps.download
         for scenario in args.scenarios:
             results[scenario] = []
             for server in args.servers:
@@ -527,11 +807,14 @@ def main(argv=None) -> int:
             print_table(scenario, results[scenario])
         if "hello" in results:
             target_check(results)
+        if any(scenario in results for scenario in FILE_SCENARIOS):
+            file_target_check(results)
     except KeyboardInterrupt:
         print("interrupted: stopping servers", file=sys.stderr)
         status = 130
     finally:
         Server.stop_all()
+        folder.cleanup()
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"meta": h, "duration": args.duration, "results": results}, f,

@@ -198,3 +198,71 @@ def test_settings_from_the_environment():
             s.request_timeout, s.timeout_action) == (7, 2, 0.0, 1 << 30, 2.5, "log")
     assert not build({"app": "proc_apps:pid"}, lambda o: "", {}).managed
     assert not build({"app": "a:b"}, lambda o: "", {"YIMMO_WSGI_REQUEST_TIMEOUT": "2"}).managed
+
+
+# -- the watchdog alone: a task.Clock, workers that are plain objects ---------------------
+
+class _Worker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ident = None  # no such thread: no stack
+        self.started = 0.0
+        self.finished = 0
+
+
+def _watchdog(**settings):
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+
+    from yimmo_twisted.config import Settings
+    from yimmo_twisted.recycle import Watchdog
+
+    clock = Clock()
+    pool = SimpleNamespace(workers=[_Worker("w0"), _Worker("w1")])
+    dog = Watchdog(Settings(**settings), pool, clock, clock.seconds)
+    asked: List[str] = []
+    dog.ask = asked.append
+    dog.start()
+    return dog, clock, pool.workers, asked
+
+
+def test_jitter_is_drawn_once_per_process_within_its_range():
+    draws = {_watchdog(max_requests=10, max_requests_jitter=5)[0].max_requests
+             for _ in range(200)}
+    assert draws == set(range(10, 16))
+    assert _watchdog(max_requests=10)[0].max_requests == 10
+
+
+def test_a_process_asks_once_and_only_once_it_has_served():
+    dog, clock, workers, asked = _watchdog(max_lifetime=1, max_rss=1)
+    clock.advance(5)
+    assert asked == []  # past both limits, but it has served nothing
+    workers[0].finished = 1
+    clock.advance(1)
+    clock.advance(1)
+    assert len(asked) == 1 and asked[0].startswith("max_lifetime ran "), asked
+
+
+def test_max_requests_counts_every_worker():
+    dog, clock, workers, asked = _watchdog(max_requests=5)
+    workers[0].finished, workers[1].finished = 2, 2
+    clock.advance(0.1)
+    assert asked == []
+    workers[1].finished = 3
+    clock.advance(0.1)
+    assert asked == ["max_requests served 5 requests (max_requests 5)"]
+
+
+def test_a_hung_request_is_reported_once_and_recycles_only_if_told():
+    for action, expected in (("log", []), ("recycle", ["request_timeout"])):
+        dog, clock, workers, asked = _watchdog(request_timeout=2, timeout_action=action)
+        workers[0].started = clock.seconds() + 0.01
+        clock.advance(1)
+        assert dog.hung == 0
+        for _ in range(12):
+            clock.advance(0.5)
+        assert dog.hung == 1 and [a.split()[0] for a in asked] == expected
+        workers[0].started = clock.seconds()  # its next request, hung too
+        clock.advance(2.5)
+        assert dog.hung == 2 and len(asked) == len(expected)  # asks once

@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from email.utils import formatdate
 from http import HTTPStatus
-from time import time
+from time import monotonic, time
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
 
 from .http1 import HTTPError
@@ -140,7 +140,7 @@ class Exchange:
 
     __slots__ = (
         "session", "environ", "body", "keep_alive", "http11", "head_only",
-        "expect_continue", "continue_sent", "dispatched", "file",
+        "expect_continue", "continue_sent", "dispatched", "file", "started",
     )
 
     def __init__(self, session: "HTTPSession", environ: Dict[str, Any],
@@ -157,6 +157,7 @@ class Exchange:
         self.continue_sent = False
         self.dispatched = False
         self.file: Optional["FileSender"] = None  # the body the reactor sends (end code FILE)
+        self.started = monotonic()  # its head is parsed: the access log's duration starts
 
 
 # -- framing helpers ---------------------------------------------------------------

@@ -17,7 +17,8 @@ import os
 import sys
 import time
 from collections import deque
-from typing import Any, Callable, List, Optional, TextIO, cast
+from time import monotonic
+from typing import Any, Callable, Dict, List, Optional, TextIO, cast
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import (
@@ -98,14 +99,19 @@ class AccessLog:
     cost is spread over the requests instead of stalling the reactor, and nothing but a
     string outlives the request (keeping environs for a batch made the garbage collector
     work much harder).  The reactor writes the lines in batches, ten times a second.
+
+    A request's duration runs from its exchange's creation (its head parsed, on the
+    reactor) to the line's formatting (the worker has handed the response's end to the
+    reactor and called the body's close()): one monotonic() read at each end.
     """
 
     INTERVAL = 0.1  # seconds between writes
 
     def __init__(self, fmt: str, reactor, stream: Optional[TextIO] = None) -> None:
-        self.record: Callable[[Any], None] = self._json if fmt == "json" else self._combined
+        json_format = fmt == "json"
+        self.record: Callable[[Any], None] = self._json if json_format else self._combined
         self.refused: Callable[[str, int], None] = (
-            self._json_refused if fmt == "json" else self._combined_refused)
+            self._json_refused if json_format else self._combined_refused)
         self._lines: deque = deque()
         self._append = self._lines.append
         self._stream = stream
@@ -145,41 +151,53 @@ class AccessLog:
             cached = self._second = (int(t), _clf_time(t))
         return cached[1]
 
-    def _combined(self, ctx) -> None:
-        env = ctx.exchange.environ
-        status = ctx.status
-        sent = ctx.sent if ctx.head_sent else 0
+    # Combined: Apache's, with the duration in microseconds at the end (its %D).
+
+    def _combined_line(self, env: dict, status: str, sent: int, started: float) -> str:
         uri = env["RAW_URI"]
         referer = env.get("HTTP_REFERER", "-")
         agent = env.get("HTTP_USER_AGENT", "-")
         if '"' in uri or '"' in referer or '"' in agent:
             uri, referer, agent = _quoted(uri), _quoted(referer), _quoted(agent)
-        self._append('%s - - [%s] "%s %s %s" %s %s "%s" "%s"' % (
+        return '%s - - [%s] "%s %s %s" %s %s "%s" "%s" %d' % (
             env["REMOTE_ADDR"] or "-", self._now(), env["REQUEST_METHOD"], uri,
-            env["SERVER_PROTOCOL"], status[:3] if status else "500", sent or "-",
-            referer, agent))
+            env["SERVER_PROTOCOL"], status, sent or "-", referer, agent,
+            (monotonic() - started) * 1e6)
 
-    def _json(self, ctx) -> None:
-        env = ctx.exchange.environ
+    def _combined(self, ctx) -> None:
+        ex = ctx.exchange
         status = ctx.status
-        self._append(_json_line({
+        self._append(self._combined_line(ex.environ, status[:3] if status else "500",
+                                         ctx.sent if ctx.head_sent else 0, ex.started))
+
+    def _json_fields(self, env: dict, status: int, sent: int, started: float) -> Dict[str, Any]:
+        return {
             "time": round(time.time(), 6), "remote_addr": env["REMOTE_ADDR"],
             "method": env["REQUEST_METHOD"], "target": env["RAW_URI"],
-            "protocol": env["SERVER_PROTOCOL"], "status": int(status[:3]) if status else 500,
-            "bytes": ctx.sent if ctx.head_sent else 0, "referer": env.get("HTTP_REFERER"),
-            "user_agent": env.get("HTTP_USER_AGENT"), "pid": self._pid,
-        }))
+            "protocol": env["SERVER_PROTOCOL"], "status": status, "bytes": sent,
+            "duration_us": int((monotonic() - started) * 1e6),
+            "referer": env.get("HTTP_REFERER"), "user_agent": env.get("HTTP_USER_AGENT"),
+            "pid": self._pid,
+        }
+
+    def _json(self, ctx) -> None:
+        ex = ctx.exchange
+        status = ctx.status
+        self._append(_json_line(self._json_fields(
+            ex.environ, int(status[:3]) if status else 500, ctx.sent if ctx.head_sent else 0,
+            ex.started)))
 
     # Requests the session refuses itself (4xx/5xx before any app runs): their method and
     # target may not even have been parsed, so the line says "-" for the request, as
-    # nginx does for a request it could not read.
+    # nginx does for a request it could not read; nor is there a start to time them from.
 
     def _combined_refused(self, remote_addr: str, status: int) -> None:
-        self._append('%s - - [%s] "-" %d - "-" "-"' % (remote_addr or "-", self._now(), status))
+        self._append('%s - - [%s] "-" %d - "-" "-" -' % (remote_addr or "-", self._now(),
+                                                         status))
 
     def _json_refused(self, remote_addr: str, status: int) -> None:
         self._append(_json_line({
             "time": round(time.time(), 6), "remote_addr": remote_addr, "method": None,
-            "target": None, "protocol": None, "status": status, "bytes": 0, "referer": None,
-            "user_agent": None, "pid": self._pid,
+            "target": None, "protocol": None, "status": status, "bytes": 0,
+            "duration_us": None, "referer": None, "user_agent": None, "pid": self._pid,
         }))

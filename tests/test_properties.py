@@ -228,3 +228,15 @@ def test_round_trip_into_environ(conn):
     assert out.count(b"HTTP/1.1 200 OK\r\n") == len(expected)
     if data.endswith(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n"):
         assert closed and re.search(rb"HTTP/1.1 (4\d\d|501) ", out)
+
+
+def test_bare_lf_head_before_a_good_one_is_refused_alike_however_cut():
+    """Found by the property above: a bare-LF head followed by a CRLF one was read as one
+    head (to the later CRLF CRLF) when it came in one read, giving another 400 reason."""
+    data = (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" b"GET / HTTP/1.1\nHost: a\n\n"
+            b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+    whole = reader_events([data])
+    assert whole[-1] == ("refused", 400)
+    for cut in range(1, len(data)):
+        assert reader_events(pieces(data, [cut])) == whole
+        assert session_run(pieces(data, [cut])) == session_run([data])

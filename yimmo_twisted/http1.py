@@ -249,7 +249,15 @@ class RequestReader:
         if pos >= size:
             return NEED_DATA
         limits = self.limits
-        end = buf.find(b"\r\n\r\n", max(pos, self._scanned - 3))
+        scanned = max(pos, self._scanned)  # bytes before this were looked at already
+        end = buf.find(b"\r\n\r\n", max(pos, scanned - 3))
+        # A bare LF anywhere in the head is refused as soon as it arrives, wherever the
+        # reads cut it: each byte is looked at once (a head sent a byte at a time costs
+        # linear time), and a CRLF across the cut is still one.
+        stop = size if end < 0 else end + 4
+        if buf.count(b"\n", scanned, stop) != buf.count(
+                b"\r\n", scanned - 1 if scanned > pos else scanned, stop):
+            raise HTTPError(400, "a bare LF in the request head")
         if end < 0:
             self._scanned = size
             line_max = limits.max_request_line + _LINE_SLACK
@@ -257,8 +265,6 @@ class RequestReader:
             if line_end < 0:
                 if size - pos > line_max + 1:
                     raise HTTPError(414, "request target over %d bytes" % limits.max_request_line)
-            elif buf.find(b"\n\n", pos) >= 0 or buf.find(b"\n\r\n", pos) >= 0:
-                raise HTTPError(400, "a request head ended by a bare LF")
             elif size - line_end > limits.max_header_bytes + 2:
                 raise HTTPError(431, "header fields over %d bytes" % limits.max_header_bytes)
             return NEED_DATA

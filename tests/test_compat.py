@@ -22,7 +22,6 @@ from twisted.logger import globalLogPublisher
 from twisted.protocols.policies import ProtocolWrapper
 
 from test_listening import PROXY_HEADERS, _backlogs
-from test_startup import certificate  # noqa: F401  (a fixture)
 from yimmo_twisted import compat
 from yimmo_twisted.server import ProxiedFactory, proxy_header_undecided
 

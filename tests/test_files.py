@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 import rawhttp
 from conftest import start_server
 # certificate: a fixture, found here by pytest once imported.
-from test_startup import _over, certificate  # noqa: F401
+from test_startup import _over
 from yimmo_twisted import compat, sendfile
 from yimmo_twisted.exchange import ABORT, CLOSE, DONE
 from yimmo_twisted.sendfile import FileSender

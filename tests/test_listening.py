@@ -21,7 +21,7 @@ import pytest
 
 import rawhttp
 # certificate: a fixture, found here by pytest once imported.
-from test_startup import _over, certificate, free_port, write_yaml  # noqa: F401
+from test_startup import _over, free_port, write_yaml
 
 LOCAL = "127.0.0.1"
 

@@ -6,7 +6,6 @@ socket, PROXY protocol), logging (levels, banner, access log).
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import pickle
@@ -520,32 +519,6 @@ def test_port_env_beats_yaml_and_cli_beats_env(serve, tmp_path):
 
 
 # -- endpoints ---------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    """A self-signed certificate for localhost: (cert path, key path)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
-            .sign(key, hashes.SHA256()))
-    where = tmp_path_factory.mktemp("tls")
-    cert_path, key_path = where / "site.crt", where / "site.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_path), str(key_path)
-
 
 def _over(sock: socket.socket) -> rawhttp.Connection:
     """A rawhttp connection over a socket made here (TLS, Unix)."""

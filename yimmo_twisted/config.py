@@ -114,6 +114,25 @@ def _file(raw: Any) -> str:
     return path
 
 
+def _log_file(raw: Any) -> str:
+    """A file to append to, made absolute: it is reopened after twistd's chdir to its
+    rundir, and in server processes (whether it can be opened: ``check``)."""
+    text = str(raw).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def open_log_file(path: str) -> int:
+    """A descriptor appending to ``path`` (created if need be); ConfigError if it cannot be
+    opened.  O_APPEND: the processes sharing the file each write at its end."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise ConfigError("cannot open access_log_file %s for appending: %s"
+                          % (path, e.strerror)) from None
+
+
 def _text(raw: Any) -> str:
     value = str(raw).strip()
     if not value:
@@ -217,6 +236,10 @@ OPTIONS = (
            ("log_level",), "one of " + ", ".join(LOG_LEVELS), "LEVEL"),
     Option("access_log", _choice(ACCESS_LOG_FORMATS), "YIMMO_ACCESS_LOG", ("--access-log",),
            _w("access_log"), "access log format: " + ", ".join(ACCESS_LOG_FORMATS), "FORMAT"),
+    Option("access_log_file", _log_file, "YIMMO_ACCESS_LOG_FILE", ("--access-log-file",),
+           _w("access_log_file"), "file the access log is appended to, by every server "
+           "process, instead of stdout; reopened on SIGUSR1 (rotate: rename, then SIGUSR1)",
+           "FILE"),
     Option("tls_cert", _file, "YIMMO_TLS_CERT_PATH", ("--tls-cert",), _w("tls", "cert"),
            "PEM certificate (chain): with --tls-key, --port serves HTTPS", "FILE"),
     Option("tls_key", _file, "YIMMO_TLS_KEY_PATH", ("--tls-key",), _w("tls", "key"),
@@ -356,6 +379,7 @@ class Settings:
     no_threads: int = 4
     log_level: str = "INFO"
     access_log: str = "combined"
+    access_log_file: Optional[str] = None  # None: stdout
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     forwarded_allow_ips: List[str] = field(default_factory=lambda: list(FORWARDED_DEFAULT))
@@ -541,6 +565,10 @@ def build(overrides: Mapping[str, Any], override_source: Callable[[Option], str]
 
 def check(settings: Settings, need_app: bool = True) -> None:
     """Rules across settings."""
+    if settings.access_log_file is not None and settings.access_log != "off":
+        # Here, for one line at start-up whichever door: the manager writes no access
+        # log, its server processes open the file only once started.
+        os.close(open_log_file(settings.access_log_file))
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise ConfigError("TLS needs both tls_cert and tls_key (YIMMO_TLS_CERT_PATH, "
                           "YIMMO_TLS_KEY_PATH, wsgi.tls.cert/key)")

@@ -7,13 +7,14 @@ as under ``yimmo-wsgi`` (which also filters Twisted's own events, see ``start_lo
 
 The access log is on the hot path: a worker formats its request's line and appends it to
 a deque (no lock, no wake-up); the reactor writes the lines in batches, one write each
-tenth of a second.
+tenth of a second, to stdout or to the ``access_log_file`` (reopened on SIGUSR1).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from collections import deque
@@ -25,6 +26,8 @@ from twisted.logger import (
     FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, Logger, globalLogBeginner,
     globalLogPublisher, textFileLogObserver,
 )
+
+from .config import ConfigError, open_log_file
 
 # yimmo's levels on Twisted's: NOTICE and INFO share "info", DEBUG and TRACE "debug".
 TWISTED_LEVELS = {
@@ -41,6 +44,9 @@ _observer = FilteringLogObserver(
 def logger(namespace: str) -> Logger:
     """A Logger whose events pass the ``log_level`` filter."""
     return Logger(namespace=namespace, observer=_observer)
+
+
+log = logger("yimmo.access")
 
 
 def set_level(level: str) -> None:
@@ -63,13 +69,34 @@ def banner(log: Logger, settings, role: str, endpoints: List[str]) -> None:
 
     from . import __version__
 
+    access = settings.access_log
+    if access != "off" and settings.access_log_file:
+        access += " to " + settings.access_log_file
     log.info("yimmo-twisted {version} ({role}, pid {pid}) on Twisted {twisted}, Python "
              "{python}: {app} on {endpoints}, {no_proc} process(es) x {no_threads} "
              "thread(s), log level {yimmo_level}, access log {access}",
              version=__version__, role=role, pid=os.getpid(), twisted=twisted.__version__,
              python=sys.version.split()[0], app=settings.app_spec, endpoints=" ".join(endpoints),
              no_proc=settings.no_proc, no_threads=settings.no_threads,
-             yimmo_level=settings.log_level, access=settings.access_log)
+             yimmo_level=settings.log_level, access=access)
+
+
+def on_sigusr1(reactor, action: Callable[[], None]) -> None:
+    """
+    SIGUSR1 (what logrotate sends after renaming a log) runs ``action`` on the reactor
+    thread, and then the handler it had before: twistd rotates its own --logfile on it.
+    """
+    previous = signal.getsignal(signal.SIGUSR1)
+
+    def handler(signum: int, frame: Any) -> None:
+        reactor.callFromThread(action)
+        if callable(previous):
+            previous(signum, frame)
+
+    try:
+        signal.signal(signal.SIGUSR1, handler)
+    except ValueError:
+        pass  # not the main thread: the signal is not ours to take
 
 
 # -- access log --------------------------------------------------------------------------
@@ -98,7 +125,9 @@ class AccessLog:
     The access log.  A worker formats the line of its finished request (``record``): the
     cost is spread over the requests instead of stalling the reactor, and nothing but a
     string outlives the request (keeping environs for a batch made the garbage collector
-    work much harder).  The reactor writes the lines in batches, ten times a second.
+    work much harder).  The reactor writes the lines in batches, ten times a second, to
+    ``stream`` (stdout), or to the file ``path``: one write(2) of whole lines on an
+    O_APPEND descriptor, so the lines of the processes sharing the file never mix.
 
     A request's duration runs from its exchange's creation (its head parsed, on the
     reactor) to the line's formatting (the worker has handed the response's end to the
@@ -107,7 +136,8 @@ class AccessLog:
 
     INTERVAL = 0.1  # seconds between writes
 
-    def __init__(self, fmt: str, reactor, stream: Optional[TextIO] = None) -> None:
+    def __init__(self, fmt: str, reactor, stream: Optional[TextIO] = None,
+                 path: Optional[str] = None) -> None:
         json_format = fmt == "json"
         self.record: Callable[[Any], None] = self._json if json_format else self._combined
         self.refused: Callable[[str, int], None] = (
@@ -115,6 +145,9 @@ class AccessLog:
         self._lines: deque = deque()
         self._append = self._lines.append
         self._stream = stream
+        self.path = path
+        self._fd = -1 if path is None else open_log_file(path)
+        self._failing = False  # the last write to the file failed (logged once)
         self._loop = LoopingCall(self.flush)
         self._loop.clock = reactor
         self._second = (0, "")  # (second, its CLF time): shared by the workers, see _now
@@ -136,12 +169,46 @@ class AccessLog:
         pop = lines.popleft
         batch = [pop() for _ in range(n)]
         batch.append("")
+        if self.path is not None:
+            self._write_file("\n".join(batch).encode("utf-8", "replace"))
+            return
         stream = self._stream or sys.stdout
         try:
             stream.write("\n".join(batch))
             stream.flush()
         except (OSError, ValueError):
             pass  # a closed stdout must not stop the server
+
+    def _write_file(self, data: bytes) -> None:
+        try:
+            while data:  # a regular file takes it all but when it cannot (disk full)
+                data = data[os.write(self._fd, data):]
+        except OSError as e:
+            if not self._failing:
+                log.error("cannot write the access log to {path}: {error}; its lines are "
+                          "lost until a write succeeds", path=self.path, error=e.strerror)
+            self._failing = True
+            return
+        self._failing = False
+
+    def reopen(self) -> None:
+        """
+        Log rotation (SIGUSR1, reactor thread): the lines so far go to the file as it
+        was (renamed, by now), the next ones to a file opened anew at ``path``.  A path
+        that cannot be opened keeps the old file.
+        """
+        if self.path is None:
+            return
+        self.flush()
+        try:
+            fd = open_log_file(self.path)
+        except ConfigError as e:
+            log.error("access log not reopened, its lines go on to the file as it was: "
+                      "{error}", error=e)
+            return
+        old, self._fd = self._fd, fd
+        os.close(old)
+        log.info("access log reopened: {path}", path=self.path)
 
     def _now(self) -> str:
         # A benign race: two workers may format the same second; both results are right.

@@ -21,7 +21,8 @@ start-up).
 Signals: SIGTERM/SIGINT stop the manager's reactor; stopping, the manager closes its
 sockets and sends SIGTERM to every server process, which stops accepting and drains its
 requests for ``grace`` seconds (then SIGKILL).  SIGHUP replaces the server processes one
-by one: a new one is started, and only once it is ready is the old one drained.
+by one: a new one is started, and only once it is ready is the old one drained.  SIGUSR1
+goes on to every server process, which reopens its ``access_log_file``.
 
 Recycling: a server process past one of its limits (recycle.py) asks over fd 3 to be
 replaced ("recycle: REASON"); it is replaced as on SIGHUP, and a replaced process that
@@ -36,7 +37,7 @@ import os
 import signal
 import sys
 from time import monotonic
-from typing import Callable, Counter, Dict, List, Optional, Set, Tuple
+from typing import Callable, Counter, Dict, List, Optional, Set, Tuple, Union
 
 from twisted.application import service
 from twisted.application.reactors import getReactorTypes, installReactor
@@ -48,8 +49,8 @@ from twisted.logger import Logger, LoggingFile, LogLevel
 from zope.interface import implementer
 
 from . import compat
-from .config import Settings
-from .logs import banner, logger, set_level, start_logging
+from .config import ConfigError, Settings
+from .logs import banner, logger, on_sigusr1, set_level, start_logging
 from .server import describe, listening_endpoint, take_stop_signals
 
 log = logger("yimmo.proc")
@@ -71,6 +72,7 @@ class ServerProcess(ProcessProtocol):
         self.started = monotonic()
         self.ready = defer.Deferred()
         self.is_ready = False
+        self.reopen_due = False  # SIGUSR1 came before the process handles it: sent once ready
         self.error = ""
         self._control = b""
         self._output: Dict[int, bytes] = {}
@@ -106,7 +108,7 @@ class ServerProcess(ProcessProtocol):
         for line in lines:
             self._log.emit(level, "{line}", line=line.decode("utf-8", "replace"))
 
-    def signal(self, name: str) -> None:
+    def signal(self, name: Union[str, int]) -> None:
         try:
             self.transport.signalProcess(name)
         except Exception:
@@ -195,6 +197,8 @@ class Manager(service.Service):
                      address=describe(port), n=self.settings.no_proc)
         banner(log, self.settings, self.role(), [describe(p) for p in self.ports])
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        if self.settings.access_log_file is not None and self.settings.access_log != "off":
+            on_sigusr1(self.reactor, self.reopen_logs)
         for slot in range(self.settings.no_proc):
             self._spawn(slot)
 
@@ -237,6 +241,19 @@ class Manager(service.Service):
 
     def _ready(self, proc: ServerProcess) -> None:
         log.info("server process {slot} ready (pid {pid})", slot=proc.slot, pid=proc.pid)
+        if proc.reopen_due:
+            proc.signal(signal.SIGUSR1)
+
+    def reopen_logs(self) -> None:
+        """
+        SIGUSR1: every server process reopens its access log file.  One still starting
+        gets the signal once ready: until then it does not handle it (and would die of it).
+        """
+        for proc in self._live():
+            if proc.is_ready:
+                proc.signal(signal.SIGUSR1)
+            else:
+                proc.reopen_due = True
 
     # -- deaths --------------------------------------------------------------------
 
@@ -430,7 +447,11 @@ def server_process_main(argv: List[str]) -> None:
     from .server import Server
 
     start_logging(settings.log_level, timestamps=not spec["relay"])
-    server = Server(app, settings, reactor, multiprocess=True, adopted=adopted)
+    try:
+        server = Server(app, settings, reactor, multiprocess=True, adopted=adopted)
+    except ConfigError as e:  # access_log_file, which the manager could open
+        _report("error: %s" % e)
+        sys.exit(EXIT_START)
     control = _Control(reactor)
 
     def started(_) -> None:

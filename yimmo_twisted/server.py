@@ -27,7 +27,7 @@ from .config import Settings, split_endpoint
 from .context import ErrorStream, FileWrapper
 from .exchange import SERVER_SOFTWARE
 from .forwarded import Trusted
-from .logs import AccessLog, logger
+from .logs import AccessLog, logger, on_sigusr1
 from .recycle import Watchdog
 from .session import _IDLE, HTTPSession
 from .websockets import Bridge
@@ -188,7 +188,8 @@ class Server(service.Service):
         self.trusted = Trusted(settings.forwarded_allow_ips)  # proxies (forwarded.py)
         self.access: Optional[AccessLog] = None
         if settings.access_log != "off":
-            self.access = AccessLog(settings.access_log, reactor)
+            self.access = AccessLog(settings.access_log, reactor,
+                                    path=settings.access_log_file)
             self.pool.access = self.access.record
         self.ports: List = []
         self.base_environ = {
@@ -250,6 +251,8 @@ class Server(service.Service):
         self.pool.install(self.reactor)
         if self.access is not None:
             self.access.start()
+            if self.access.path is not None:
+                on_sigusr1(self.reactor, self.access.reopen)
         if self.adopted is not None:
             for fd, family, description in self.adopted:
                 port = self._adopt(fd, family, description)

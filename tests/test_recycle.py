@@ -115,8 +115,8 @@ def test_max_rss_replaces_the_process_once_its_successor_has_served(serve):
 
 def _wait_hung_log(server, function: str, timeout: float):
     return server.wait_for_output(
-        r"request running for [\d.]+ s \(request_timeout 1 s\) in yimmo-worker-\d; its "
-        r"stack:[\s\S]*proc_apps\.py\", line \d+, in %s" % function, timeout=timeout)
+        r"request running for [\d.]+ s \(request_timeout 1 s\) in yimmo-worker-\d: GET "
+        r"/(spin|sleep); its stack:[\s\S]*proc_apps\.py\", line \d+, in %s" % function, timeout=timeout)
 
 
 @pytest.mark.parametrize("path, function", [("/spin", "spin_forever"), ("/sleep", "routes")])
@@ -208,6 +208,7 @@ class _Worker:
         self.ident = None  # no such thread: no stack
         self.started = 0.0
         self.finished = 0
+        self.current = None
 
 
 def _watchdog(**settings):

@@ -37,7 +37,7 @@ import os
 import signal
 import sys
 from time import monotonic
-from typing import Callable, Counter, Dict, List, Optional, Set, Tuple, Union
+from typing import Callable, Counter, Dict, List, Optional, Tuple, Union
 
 from twisted.application import service
 from twisted.application.reactors import getReactorTypes, installReactor
@@ -167,7 +167,8 @@ class Manager(service.Service):
         self.failures = 0
         self.stopping = False
         self.reloading = False
-        self.replacing: Set[int] = set()  # slots whose successor is starting
+        # slot -> the process whose successor is starting (it serves until then)
+        self.replacing: Dict[int, ServerProcess] = {}
         self.recycles: Counter[str] = collections.Counter()  # by limit: max_requests...
         self.relay = False
         self.reactor_name: Optional[str] = None  # what the server processes install
@@ -324,12 +325,14 @@ class Manager(service.Service):
         one.  True when done; False when the successor did not start (the old one goes on).
         """
         old = self.procs[slot]
-        self.replacing.add(slot)
+        self.replacing[slot] = old
         try:
             new = self._spawn(slot)
             # Ready, dead or late: ``ready`` swallows its failures (_spawn), so look at
             # is_ready rather than at what it gives.
             yield new.ready.addTimeout(self.settings.ready_timeout, self.reactor)
+            if self.stopping:
+                return False  # both retired by stopService already
             if not new.is_ready:
                 log.error("the new server process {slot} did not start ({error})", slot=slot,
                           error=new.error or "not ready in time")
@@ -342,7 +345,7 @@ class Manager(service.Service):
             self._retire(old)
             return True
         finally:
-            self.replacing.discard(slot)
+            del self.replacing[slot]
 
     def _retire(self, proc: ServerProcess) -> None:
         """Drain ``proc``, replaced; killed if it outlives the grace period (a hung app)."""
@@ -373,7 +376,7 @@ class Manager(service.Service):
         return done
 
     def _live(self) -> List[ServerProcess]:
-        return list(self.procs.values()) + self.retiring
+        return list(self.procs.values()) + list(self.replacing.values()) + self.retiring
 
     def _hurry(self, procs: List[ServerProcess]) -> None:
         log.warn("stopping now: server processes cut their requests in flight")

@@ -23,6 +23,7 @@ from typing import Callable, Dict, Optional
 from twisted.internet.task import LoopingCall
 
 from .config import Settings
+from .exchange import Exchange
 from .logs import logger
 from .worker import Worker, WorkerPool
 
@@ -41,6 +42,16 @@ def resident_bytes() -> int:
     except (OSError, ValueError, IndexError):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak if sys.platform == "darwin" else peak * 1024  # bytes there, KiB here
+
+
+def running(worker: Worker) -> str:
+    """What ``worker`` runs: ``GET /path`` (no query: it may hold secrets), or WebSocket
+    callbacks."""
+    current = worker.current
+    if type(current) is not Exchange:
+        return "WebSocket callbacks" if current is not None else "nothing"
+    environ = current.environ
+    return "%s %s" % (environ.get("REQUEST_METHOD", "?"), environ.get("PATH_INFO", "?"))
 
 
 def thread_stack(worker: Worker) -> str:
@@ -124,8 +135,9 @@ class Watchdog:
             self._reported[worker] = started  # once per request
             self.hung += 1
             log.error("request running for {seconds:.1f} s (request_timeout {timeout:g} s) "
-                      "in {thread}; its stack:\n{stack}", seconds=now - started,
-                      timeout=timeout, thread=worker.name, stack=thread_stack(worker).rstrip())
+                      "in {thread}: {request}; its stack:\n{stack}", seconds=now - started,
+                      timeout=timeout, thread=worker.name, request=running(worker),
+                      stack=thread_stack(worker).rstrip())
             if (self.settings.timeout_action == "recycle" and not self.asked
                     and self.ask is not None):
                 self._recycle("request_timeout", "a request ran past request_timeout "

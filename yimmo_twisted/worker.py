@@ -171,6 +171,7 @@ class Worker(threading.Thread):
         self._bell: SimpleQueue = SimpleQueue()  # a C-level wait that releases the GIL
         self.sleeping = False
         self.started = 0.0  # monotonic start of the current exchange; 0.0 between exchanges
+        self.current: object = None  # that exchange (or WebSocket callbacks), for recycle.py
         self.finished = 0
         self.sleeps = 0  # times this worker went to sleep and had to be woken
 
@@ -198,6 +199,7 @@ class Worker(threading.Thread):
                         return
                     continue
                 self.sleeping = False
+            self.current = exchange
             self.started = monotonic()
             try:
                 if type(exchange) is not Exchange:
@@ -212,6 +214,7 @@ class Worker(threading.Thread):
             except BaseException:  # the worker outlives anything an app raises
                 log.failure("unexpected error in worker {name}", name=self.name)
             self.started = 0.0
+            self.current = None
             self.finished += 1
 
     def _take(self) -> Optional[Exchange]:

@@ -1,6 +1,6 @@
 """
 The access log: the duration of each request, the ``access_log_file`` target and its
-reopening on SIGUSR1 (one process, several, twistd).
+reopening on SIGUSR1 (one process, several, twistd), and the line of a WebSocket session.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import threading
 import time
 
 import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 import rawhttp
 from conftest import ServerProcess, _env
@@ -223,3 +225,64 @@ def test_twistd_reopens_its_logfile_and_the_access_log(tmp_path):
         server.stop()
     assert targets(tmp_path / "access.log.1") == ["/first"]
     assert targets(access) == ["/second"]
+
+
+# -- WebSockets ------------------------------------------------------------------------------
+
+def ws_client(server, path: str):
+    return ws_connect("ws://127.0.0.1:%d%s" % (server.port, path), open_timeout=5,
+                      close_timeout=2, compression=None)
+
+
+def test_websocket_session_line_in_combined(serve):
+    server = serve("ws_apps:app")
+    with ws_client(server, "/logged") as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=5) == "hello"
+        time.sleep(0.2)
+    # Sent: the echo (2 + 5 bytes) and the close reply (2 + 2); received: "hello" and the
+    # close (masked: 2 + 4 + 5, 2 + 4 + 2).
+    line = server.wait_for_output(r'127\.0\.0\.1 - - \[[^]]+\] "GET /logged HTTP/1\.1" 101 11 '
+                                  r'"-" "Python/[^"]* websockets/[^"]*" (\d+) 19\n')
+    assert 200_000 <= int(line.group(1)) < 5_000_000
+    with pytest.raises(InvalidStatus):
+        ws_client(server, "/reject")
+    server.wait_for_output(r'"GET /reject HTTP/1\.1" 403 - "-" "[^"]*" \d+ 0\n')
+
+
+def test_websocket_session_line_in_json(serve):
+    server = serve("ws_apps:app", "--access-log", "json")
+
+    def record(target: str) -> dict:
+        return json.loads(server.wait_for_output(
+            r'\{[^\n]*"target":"%s"[^\n]*\}' % re.escape(target)).group(0))
+
+    with ws_client(server, "/client-closes?x=1") as ws:
+        ws.send(b"\x00" * 1000)
+        assert len(ws.recv(timeout=5)) == 1000
+    r = record("/client-closes?x=1")
+    assert (r["status"], r["websocket"], r["close_code"]) == (101, True, 1000)
+    assert (r["bytes"], r["bytes_received"]) == (4 + 1000 + 4, 8 + 1000 + 8)
+    assert r["method"] == "GET" and r["remote_addr"] == "127.0.0.1" and r["duration_us"] > 0
+
+    with ws_client(server, "/fails") as ws:  # on_message raises: the server closes, 1011
+        ws.send("raise")
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+    assert record("/fails")["close_code"] == 1011
+
+    with pytest.raises(InvalidStatus):
+        ws_client(server, "/raise-open")
+    r = record("/raise-open")
+    assert (r["status"], r["websocket"], r["close_code"], r["bytes_received"]) == (
+        500, True, None, 0)
+
+    # A session the shutdown closes (1001) is logged before the server exits.
+    with ws_client(server, "/at-shutdown") as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=5) == "hi"
+        server.signal(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+    assert server.wait_exit() == 0
+    assert record("/at-shutdown")["close_code"] == 1001

@@ -142,6 +142,8 @@ class AccessLog:
         self.record: Callable[[Any], None] = self._json if json_format else self._combined
         self.refused: Callable[[str, int], None] = (
             self._json_refused if json_format else self._combined_refused)
+        self.websocket: Callable[[dict, int, int, int, float, Optional[int]], None] = (
+            self._json_websocket if json_format else self._combined_websocket)
         self._lines: deque = deque()
         self._append = self._lines.append
         self._stream = stream
@@ -268,3 +270,19 @@ class AccessLog:
             "target": None, "protocol": None, "status": status, "bytes": 0,
             "duration_us": None, "referer": None, "user_agent": None, "pid": self._pid,
         }))
+
+    # A WebSocket, once its connection is closed: the handshake's request, 101 (or the
+    # status that refused it), the bytes of the frames sent and received (autobahn's
+    # wire-level counts of the open session), the time from the handshake's head to the
+    # close.  Combined: the received bytes follow the duration.
+
+    def _combined_websocket(self, env: dict, status: int, sent: int, received: int,
+                            started: float, close_code: Optional[int]) -> None:
+        self._append("%s %d" % (self._combined_line(env, str(status), sent, started),
+                                received))
+
+    def _json_websocket(self, env: dict, status: int, sent: int, received: int,
+                        started: float, close_code: Optional[int]) -> None:
+        fields = self._json_fields(env, status, sent, started)
+        fields.update(websocket=True, bytes_received=received, close_code=close_code)
+        self._append(_json_line(fields))

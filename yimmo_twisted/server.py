@@ -184,13 +184,13 @@ class Server(service.Service):
         self.awaiting_header: Set[ProxiedSession] = set()
         self.handoff = Handoff(reactor, settings.output_buffer)
         self.pool = WorkerPool(app, settings.no_threads, self.handoff, settings.steal_after)
-        self.websockets = Bridge(self)
         self.trusted = Trusted(settings.forwarded_allow_ips)  # proxies (forwarded.py)
         self.access: Optional[AccessLog] = None
         if settings.access_log != "off":
             self.access = AccessLog(settings.access_log, reactor,
                                     path=settings.access_log_file)
             self.pool.access = self.access.record
+        self.websockets = Bridge(self)  # after the access log: it logs sessions there
         self.ports: List = []
         self.base_environ = {
             "SCRIPT_NAME": "",
@@ -306,6 +306,7 @@ class Server(service.Service):
             session.abort()
         for proxied in list(self.awaiting_header):
             proxied.abortConnection()
+        self.websockets.abort()
         self.pool.uninstall()
         # Workers still in the app past the grace period are not waited for (daemons).
         self.pool.stop(max(0.1, self._deadline - self.now()))
@@ -324,7 +325,9 @@ class Server(service.Service):
     def _drain(self):
         """Until the deadline: close connections as they fall idle, wait for the others."""
         idle_timeout = self.settings.idle_timeout
-        while self.sessions or self.awaiting_header:
+        # WebSockets, told to close at the start, are waited for too: their on_close and
+        # their access log line come as their connections end.
+        while self.sessions or self.awaiting_header or self.websockets.protocols:
             now = self.now()
             if now >= self._deadline:
                 log.warn("drain over: closing {n} connection(s) with requests in "

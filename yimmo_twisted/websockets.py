@@ -30,6 +30,9 @@ than ``output_buffer`` bytes are not yet written, or the transport's buffer is f
 client does not read), ``send`` waits; past ``ws_send_timeout`` it raises TimeoutError.
 Message and frame sizes are capped by ``ws_max_message_size`` and ``ws_max_frame_size``
 (larger ones close the connection with 1009).
+
+Access log.  Each connection handed over gets one line when it is closed: 101 for a
+session, or the status that refused its handshake (``AccessLog.websocket``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from __future__ import annotations
 import struct
 import threading
 from collections import deque
+from time import monotonic
 from typing import TYPE_CHECKING, Callable, List, NamedTuple, Optional, Union
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -71,6 +75,8 @@ _OPCODE = 0x0F
 # Close codes (RFC 6455 7.4.1).
 NORMAL_CLOSURE = 1000
 GOING_AWAY = 1001
+NO_STATUS = 1005  # a close frame without a code
+ABNORMAL_CLOSURE = 1006  # no close frame: the connection was lost
 INTERNAL_ERROR = 1011
 
 # Handoff end codes of a _Channel's records (any but MORE: Handoff.emit never waits for
@@ -315,6 +321,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.environ: dict = {}
+        self.started = 0.0  # monotonic: the handshake's head was parsed (take_over)
+        self.status: Optional[int] = None  # of the handshake's answer, once sent
         self.channel: Optional[_Channel] = None
         self.ws: Optional[WebSocket] = None
         self.inbox: Optional[_Inbox] = None
@@ -331,7 +339,23 @@ class WebSocketProtocol(WebSocketServerProtocol):
     def connectionLost(self, reason=None) -> None:
         self.bridge.protocols.discard(self)
         self.channel.shut()
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # autobahn's onClose, which sets the close codes
+        access = self.bridge.access
+        if access is not None and self.status is not None:
+            stats = self.trafficStats
+            access.websocket(self.environ, self.status, stats.outgoingOctetsWireLevel,
+                             stats.incomingOctetsWireLevel, self.started,
+                             self.close_code() if self.status == 101 else None)
+
+    def close_code(self) -> int:
+        """The code the closing handshake began with, the server's or the client's."""
+        if self.closedByMe:
+            code = self.localCloseCode
+        elif self.wasClean:  # the client's close frame, answered
+            code = self.remoteCloseCode
+        else:
+            return ABNORMAL_CLOSURE
+        return NO_STATUS if code is None else code
 
     # autobahn's dataReceived and sendData format the arguments of a debug log line on
     # every call, logged or not: a tenth of the cost of a small message.  These two go
@@ -376,6 +400,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders=None) -> None:
         """The server's own error response (Content-Length, Connection: close, Date)."""
+        self.status = code
         response = error_response(code, reason)
         if responseHeaders:
             line, _, rest = response.partition(b"\r\n")
@@ -384,6 +409,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
         self.sendData(response)
 
     def onOpen(self) -> None:
+        self.status = 101  # autobahn has sent it
         early, self._early = self._early, []
         for data, end in early:
             self.perform(data, end)
@@ -502,6 +528,7 @@ class Bridge:
         s = server.settings
         self.pool = server.pool
         self.handoff = server.handoff
+        self.access = server.access
         self.input_buffer = s.input_buffer
         self.output_buffer = s.output_buffer
         self.send_timeout = s.ws_send_timeout
@@ -543,6 +570,7 @@ class Bridge:
         """
         protocol = self.factory.buildProtocol(transport.getPeer())
         protocol.environ = environ
+        protocol.started = monotonic()
         # The transport delivers to ``protocol`` (TCP), or to ``wrappedProtocol`` when it
         # is itself a protocol wrapper (TLS, HAProxy).
         if hasattr(transport, "wrappedProtocol"):
@@ -559,3 +587,9 @@ class Bridge:
             if protocol.state == protocol.STATE_OPEN:
                 protocol.sendCloseFrame(code=GOING_AWAY, reasonUtf8=b"server shutting down")
             protocol.transport.loseConnection()
+
+    def abort(self) -> None:
+        """The drain is over: drop the connections still closing (their clients do not
+        read)."""
+        for protocol in list(self.protocols):
+            protocol.transport.abortConnection()

@@ -267,3 +267,17 @@ def test_a_hung_request_is_reported_once_and_recycles_only_if_told():
         workers[0].started = clock.seconds()  # its next request, hung too
         clock.advance(2.5)
         assert dog.hung == 2 and len(asked) == len(expected)  # asks once
+
+
+def test_a_recycling_limit_makes_the_service_a_manager(monkeypatch):
+    import apps
+    from yimmo_twisted.config import ConfigError
+    from yimmo_twisted.proc import Manager
+    from yimmo_twisted.server import Server
+    from yimmo_twisted.service import YimmoService
+
+    monkeypatch.delenv("YIMMO_WSGI_MODULE", raising=False)
+    assert isinstance(YimmoService(app="apps:hello", max_lifetime=60).child, Manager)
+    assert isinstance(YimmoService(app="apps:hello", request_timeout=5).child, Server)
+    with pytest.raises(ConfigError, match="as do max_requests"):
+        YimmoService(app=apps.hello, max_requests=100)

@@ -63,9 +63,9 @@ class YimmoService(service.MultiService):
                      "write ssl: endpoints (ssl:8443:privateKey=KEY:certKey=CERT)")
         if settings.managed:
             if callable_app is not None:
-                raise ConfigError("no_proc > 1 and the recycling limits (max_requests, "
-                                  "max_lifetime, max_rss, timeout_action recycle) need the "
-                                  "application as MODULE:APP (each server process imports it)")
+                raise ConfigError("no_proc > 1 needs the application as MODULE:APP (each "
+                                  "server process imports it), as do max_requests, "
+                                  "max_lifetime, max_rss and timeout_action recycle")
             self.child: Union[Manager, Server] = Manager(settings, self._fatal, reactor)
         else:
             assert callable_app is not None or settings.app_spec is not None  # build() checked

@@ -519,10 +519,11 @@ def load_yaml(settings: Settings, path: str, source: str) -> None:
         with open(path, "rb") as f:
             data = yaml.safe_load(f)
     except OSError as e:
-        raise ConfigError("cannot read config file %s (%s): %s" % (path, source, e.strerror))
+        raise ConfigError("cannot read config file %s (%s): %s"
+                          % (path, source, e.strerror)) from None
     except yaml.YAMLError as e:
         raise ConfigError("config file %s is not valid YAML: %s"
-                          % (path, " ".join(str(e).split())))
+                          % (path, " ".join(str(e).split()))) from None
     apply_yaml(settings, data, "config file " + path)
 
 

@@ -61,7 +61,7 @@ class RequestBody:
         self.fed = 0
         self.taken = 0
         self.complete = False
-        self.error: Optional[HTTPError] = None
+        self.error: "HTTPError | ClientDisconnected | None" = None
         self.paused = False
         self.discard = False  # the app is done: drop whatever still arrives
         self._chunks: Deque[bytes] = deque()
@@ -89,7 +89,7 @@ class RequestBody:
         self.complete = True
         self._event.set()
 
-    def fail(self, error: HTTPError) -> None:
+    def fail(self, error: "HTTPError | ClientDisconnected") -> None:
         """The body cannot be completed (too large, malformed, timed out, client gone)."""
         if not self.complete:
             self.error = error

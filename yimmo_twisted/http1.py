@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from http import HTTPStatus
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Protocol, Tuple, Union
 
 from httptools import (
     HttpParserError, HttpParserInvalidMethodError,
@@ -41,8 +41,17 @@ class HTTPError(Exception):
         self.reason = reason or HTTPStatus(status).phrase
 
 
+class Bounds(Protocol):
+    """What the reader needs to know of its limits (Settings and Limits have it)."""
+
+    max_request_line: int
+    max_header_bytes: int
+    max_headers: int
+    max_body_size: int
+
+
 class Limits:
-    """The reader's bounds (a Settings object has the same attributes)."""
+    """The reader's bounds, with the server's defaults."""
 
     def __init__(self, max_request_line: int = 8192, max_header_bytes: int = 65536,
                  max_headers: int = 100, max_body_size: int = 1 << 30) -> None:
@@ -156,7 +165,7 @@ class _Fields:
 class RequestReader:
     """The request side of one HTTP/1.x connection, as a state machine over its bytes."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Bounds) -> None:
         self.limits = limits
         self._buf: Union[bytes, bytearray] = b""
         self._pos = 0  # bytes of _buf already consumed

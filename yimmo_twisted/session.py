@@ -18,7 +18,7 @@ the one expected to act: never while the server itself has paused reading.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, cast
 from urllib.parse import unquote_to_bytes
 
 from httptools import parse_url
@@ -31,10 +31,9 @@ from zope.interface import implementer
 from . import forwarded
 from .compat import writer
 from .exchange import (
-    ABORT, CLOSE, FILE, RESUME, ClientDisconnected, Exchange, HTTPError, RequestBody,
-    error_response,
+    ABORT, CLOSE, FILE, RESUME, ClientDisconnected, Exchange, RequestBody, error_response,
 )
-from .http1 import END, NEED_DATA, Head, RequestReader
+from .http1 import END, NEED_DATA, Head, HTTPError, RequestReader
 from .logs import logger
 from .worker import Channel
 
@@ -123,6 +122,10 @@ def environ_target(env: dict, target: bytes) -> None:
 class HTTPSession(Protocol, Channel):
     """One connection; its Channel is where the worker running its exchange writes."""
 
+    # TCP, TLS or the PROXY wrapper: an ITCPTransport that is also a push producer and
+    # has a read size (bufferSize).  Set by makeConnection, before any other call.
+    transport: Any
+
     def __init__(self, server: "Server", base_environ: Optional[dict] = None) -> None:
         self.server = server
         # Per listening endpoint (wsgi.url_scheme differs between http and https ports).
@@ -159,7 +162,8 @@ class HTTPSession(Protocol, Channel):
         # Plain TCP: responses go straight to the socket when nothing is buffered (see
         # compat.write_direct).  TLS and other transports use transport.write.
         self._write = writer(transport)
-        self._base = base = self._base_environ.copy()
+        self._base: Dict[str, Any] = self._base_environ.copy()
+        base = self._base
         peer = transport.getPeer()
         host = transport.getHost()
         # A Unix-socket client has no address: "unix:", as nginx's $remote_addr says.
@@ -169,8 +173,8 @@ class HTTPSession(Protocol, Channel):
         base["SERVER_NAME"] = getattr(host, "host", "") or "localhost"
         base["SERVER_PORT"] = str(getattr(host, "port", "") or "")
         # A proxy's forwarding headers are believed from trusted peers only (forwarded.py).
-        self._trusted = self.server.trusted if base["REMOTE_ADDR"] in self.server.trusted \
-            else None
+        address = str(base["REMOTE_ADDR"])
+        self._trusted = self.server.trusted if address in self.server.trusted else None
         self.server.sessions.add(self)
         self.deadline = self._now() + self.settings.idle_timeout
 
@@ -202,7 +206,7 @@ class HTTPSession(Protocol, Channel):
 
     def _drop(self, why: str) -> None:
         self.shut()
-        if self._sending is not None:
+        if self._sending is not None and self._sending.file is not None:
             self._sending.file.stopProducing()
         current = self._current
         if current is not None and current.body is not None:
@@ -253,18 +257,18 @@ class HTTPSession(Protocol, Channel):
                         self._pause_reading(_PAUSE_PIPELINE)
                     break
                 event = reader.next_event()
-                kind = type(event)
                 if event is NEED_DATA:
                     break
-                if kind is bytes:
+                if type(event) is bytes:
                     self._on_body(event)
                 elif event is END:
                     self._on_end()
-                elif kind is Head:
+                elif type(event) is Head:
                     if self._on_head(event):
                         return  # the connection is a WebSocket now
                 else:
-                    self._refuse(event.status, event.reason)
+                    refusal = cast(HTTPError, event)
+                    self._refuse(refusal.status, refusal.reason)
         except HTTPError as e:
             self._refuse(e.status, e.reason)
         except Exception:
@@ -333,7 +337,9 @@ class HTTPSession(Protocol, Channel):
         return False
 
     def _on_body(self, data: bytes) -> None:
-        if self._current.body.feed(data):
+        current = self._current
+        assert current is not None and current.body is not None  # its Head came first
+        if current.body.feed(data):
             self._pause_reading(_PAUSE_BODY)
         elif not self._pauses:
             self.deadline = self._now() + self.settings.read_timeout
@@ -343,6 +349,7 @@ class HTTPSession(Protocol, Channel):
         if current is None:
             return
         self.transport.bufferSize = _READ_SIZE
+        assert current.body is not None  # _current has a body
         current.body.finish()
         self._current = None
         if self._held is current:
@@ -397,7 +404,7 @@ class HTTPSession(Protocol, Channel):
     def deliver(self, exchange: Exchange, data: Optional[bytes], end: int) -> None:
         """Output of a worker (reactor thread, from Handoff.drain)."""
         if self.gone:
-            if end == FILE:
+            if end == FILE and exchange.file is not None:
                 self.server.pool.submit(exchange.file)  # its close(), on a worker
             return
         if data:
@@ -418,13 +425,15 @@ class HTTPSession(Protocol, Channel):
         Send the exchange's file after its head: the file's sender is the transport's
         producer meanwhile (no worker writes here until the exchange is done).
         """
+        assert exchange.file is not None  # FILE comes with one
         self._sending = exchange
         self.transport.unregisterProducer()
         exchange.file.start(self.transport, lambda end: self._file_sent(exchange, end))
 
     def _file_sent(self, exchange: Exchange, end: int) -> None:
         self._sending = None
-        self.server.pool.submit(exchange.file)  # its close(), on a worker
+        if exchange.file is not None:
+            self.server.pool.submit(exchange.file)  # its close(), on a worker
         exchange.file = None
         if self.gone:
             return
@@ -502,6 +511,7 @@ class HTTPSession(Protocol, Channel):
             else:
                 # Its app is running and reading the body: the failure reaches it there,
                 # and its response (or our error for it) is the last on this connection.
+                assert current.body is not None  # _current has a body
                 current.body.fail(HTTPError(status, reason))
                 return
         response = error_response(status, reason)

@@ -35,7 +35,7 @@ import threading
 from collections import deque
 from queue import SimpleQueue
 from time import monotonic
-from typing import Callable, List, Optional
+from typing import Callable, Deque, List, Optional, Protocol, Union
 
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
@@ -161,13 +161,22 @@ class Handoff:
 _STOP = object()
 
 
+class Job(Protocol):
+    """Work for a worker other than an exchange: a WebSocket's callbacks, a file's close()."""
+
+    def run(self) -> None: ...
+
+
+Work = Union[Exchange, Job]
+
+
 class Worker(threading.Thread):
     """One thread running the application, fed by its own queue (and others' when blocked)."""
 
     def __init__(self, pool: "WorkerPool", index: int) -> None:
         super().__init__(name="yimmo-worker-%d" % index, daemon=True)
         self.pool = pool
-        self.queue: deque = deque()  # exchanges given to this worker, taken from the left
+        self.queue: Deque[Work] = deque()  # given to this worker, taken from the left
         self._bell: SimpleQueue = SimpleQueue()  # a C-level wait that releases the GIL
         self.sleeping = False
         self.started = 0.0  # monotonic start of the current exchange; 0.0 between exchanges
@@ -202,8 +211,8 @@ class Worker(threading.Thread):
             self.current = exchange
             self.started = monotonic()
             try:
-                if type(exchange) is not Exchange:
-                    exchange.run()  # a WebSocket's callbacks (websockets._Inbox)
+                if not isinstance(exchange, Exchange):
+                    exchange.run()  # a WebSocket's callbacks, a file's close()
                 elif not exchange.session.gone:
                     context = Context(exchange, emit)
                     context.run(app)
@@ -217,7 +226,7 @@ class Worker(threading.Thread):
             self.current = None
             self.finished += 1
 
-    def _take(self) -> Optional[Exchange]:
+    def _take(self) -> Optional[Work]:
         try:
             return self.queue.popleft()
         except IndexError:
@@ -250,7 +259,7 @@ class WorkerPool:
 
     # -- reactor side ------------------------------------------------------------------
 
-    def submit(self, exchange: Exchange) -> None:
+    def submit(self, exchange: Work) -> None:
         """Run ``exchange`` on some worker, soon (reactor thread)."""
         self._batch.append(exchange)
         if not self._hooked:
@@ -289,6 +298,7 @@ class WorkerPool:
                 idle = worker
             if shortest is None or len(worker.queue) < len(shortest.queue):
                 shortest = worker
+        assert shortest is not None  # a pool has at least one worker
         return idle or shortest
 
     def rebalance(self) -> bool:
@@ -315,7 +325,7 @@ class WorkerPool:
             worker.wake()
         return watch and len(sleepers) > stuck
 
-    def steal(self, thief: Worker) -> Optional[Exchange]:
+    def steal(self, thief: Worker) -> Optional[Work]:
         """An exchange queued behind a blocked worker, for ``thief`` to run (worker thread)."""
         now = monotonic()
         for worker in self.workers:
@@ -386,7 +396,9 @@ class WorkerPool:
         handoff.hooked = True
 
     def _unhook(self) -> None:
-        del self._reactor.doIteration  # the class's again
+        reactor = self._reactor
+        assert reactor is not None  # hooked, so installed
+        del reactor.doIteration  # the class's again
         self._hooked = False
         self.handoff.hooked = False
         self.handoff.sleeping = True  # wake the reactor for every batch of output

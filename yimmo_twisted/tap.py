@@ -35,7 +35,7 @@ class Options(usage.Options):
             self.service = YimmoService(settings=build(
                 values, lambda o: "option --" + o.long, os.environ))
         except (ConfigError, AppError) as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError(str(e)) from None
 
 
 def makeService(options: Options):

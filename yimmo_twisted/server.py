@@ -10,14 +10,15 @@ from __future__ import annotations
 import signal
 import socket
 from time import monotonic
-from typing import Callable, List, Optional, Set, Tuple
+from typing import Any, Callable, List, Optional, Set, Tuple, cast
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, task
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IProtocolNegotiationFactory, IStreamServerEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 from twisted.protocols.policies import WrappingFactory
 from zope.interface import directlyProvides, implementer, providedBy
 
@@ -139,16 +140,18 @@ class ProxiedSession(HAProxyProtocolWrapper):
         if rest is not None and not self.disconnecting:
             self._started = True
             self.factory.server.awaiting_header.discard(self)
-            self.wrappedProtocol.makeConnection(self)
+            # This wrapper is the session's transport (it provides what its own does).
+            self.wrappedProtocol.makeConnection(cast(Any, self))
             if rest:
                 self.wrappedProtocol.dataReceived(rest)
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.unregisterProtocol(self)
         self.factory.server.awaiting_header.discard(self)
         if self._started:
             self.wrappedProtocol.connectionLost(reason)
-        self.wrappedProtocol = None
+        # Breaks the cycle with the session, as Twisted's own wrapper does.
+        self.wrappedProtocol = None  # type: ignore[assignment]
 
 
 class ProxiedFactory(WrappingFactory):
@@ -209,10 +212,10 @@ class Server(service.Service):
         self._deadline = 0.0  # of the drain, once stopping
         self.draining = False  # sessions that start now say Connection: close
 
-    def _factory(self, description: str) -> Factory:
+    def _factory(self, description: str) -> Factory[Any]:
         """The protocols of a connection: [PROXY wrapper,] [TLS,] session."""
         base = dict(self.base_environ, **{"wsgi.url_scheme": url_scheme(description)})
-        factory: Factory = SessionFactory(self, base)
+        factory: Factory[Any] = SessionFactory(self, base)
         proxied, inner = split_endpoint(description)
         if inner.startswith("ssl:"):
             # The port is plain TCP (listening_endpoint): TLS goes on here.

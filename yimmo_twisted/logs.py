@@ -23,8 +23,8 @@ from typing import Any, Callable, Dict, List, Optional, TextIO, cast
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import (
-    FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, Logger, globalLogBeginner,
-    globalLogPublisher, textFileLogObserver,
+    FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, Logger,
+    globalLogBeginner, globalLogPublisher, textFileLogObserver,
 )
 
 from .config import ConfigError, open_log_file

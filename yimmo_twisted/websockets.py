@@ -41,7 +41,7 @@ import struct
 import threading
 from collections import deque
 from time import monotonic
-from typing import TYPE_CHECKING, Callable, List, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, List, NamedTuple, Optional, Union, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
@@ -317,13 +317,16 @@ class WebSocketProtocol(WebSocketServerProtocol):
     """The autobahn protocol of one WebSocket: events in (reactor thread), frames out."""
 
     bridge: "Bridge"  # set on the class by Bridge (one class per bridge)
+    # TCP, TLS or the PROXY wrapper: an ITCPTransport that is also a push producer.
+    transport: Any
+    logOctets: bool  # autobahn's option, set by its factory
 
     def __init__(self) -> None:
         super().__init__()
         self.environ: dict = {}
         self.started = 0.0  # monotonic: the handshake's head was parsed (take_over)
         self.status: Optional[int] = None  # of the handshake's answer, once sent
-        self.channel: Optional[_Channel] = None
+        self.channel = _Channel(self, self.bridge)
         self.ws: Optional[WebSocket] = None
         self.inbox: Optional[_Inbox] = None
         self._opening: Optional[Deferred] = None
@@ -332,7 +335,6 @@ class WebSocketProtocol(WebSocketServerProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         self._write = writer(self.transport)
-        self.channel = _Channel(self, self.bridge)
         self.transport.registerProducer(self.channel, True)
         self.bridge.protocols.add(self)
 
@@ -375,12 +377,14 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     # -- handshake -----------------------------------------------------------------------
 
-    def onConnect(self, request) -> Deferred:
+    def onConnect(self, request) -> Deferred:  # type: ignore[override]  # Twisted's flavour
         """Handshake valid: run on_open on a worker; it decides (403/500 or 101)."""
         offered = list(request.protocols)
         chosen = next((p for p in self.bridge.subprotocols if p in offered), None)
         self.ws = WebSocket(self.environ, offered, chosen, self.channel)
-        self.inbox = _Inbox(self, self.ws, self.bridge.callbacks, self.bridge)
+        callbacks = self.bridge.callbacks
+        assert callbacks is not None  # wants() let the handshake through
+        self.inbox = _Inbox(self, self.ws, callbacks, self.bridge)
         self._opening = Deferred()
         self.inbox.put(_ON_OPEN)
         return self._opening
@@ -417,6 +421,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
     # -- input ---------------------------------------------------------------------------
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        assert self.inbox is not None  # made by onConnect, before any message
         self.inbox.put(_ON_MESSAGE, payload,
                        YMO_WS_FLAG_FIN | (YMO_WS_OP_BINARY if isBinary else YMO_WS_OP_TEXT))
 
@@ -438,6 +443,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
                 return
             if state != self.STATE_OPEN:
                 return  # closing: frames are dropped
+            assert data is not None  # frames and closes carry their payload
             try:
                 if end == _CLOSE:
                     (code,) = struct.unpack("!H", data[:2])
@@ -448,11 +454,13 @@ class WebSocketProtocol(WebSocketServerProtocol):
                 log.failure("cannot send a WebSocket frame")
                 self._fail_connection(INTERNAL_ERROR, "internal error")
         elif end == _RESUME:
+            assert self.inbox is not None  # only an inbox asks to resume
             if not self.inbox.reading_paused:
                 self.transport.resumeProducing()
         elif self._opening is not None:
             opening, self._opening = self._opening, None
             if end == _ACCEPT:
+                assert self.ws is not None  # made with _opening, in onConnect
                 opening.callback(self.ws.subprotocol)
             elif end == _REFUSE:
                 opening.errback(ConnectionDeny(ConnectionDeny.FORBIDDEN,
@@ -550,7 +558,8 @@ class Bridge:
             allowNullOrigin="*" in origins,
         )
         # A subclass per bridge: autobahn builds protocols without arguments.
-        factory.protocol = type("WebSocketProtocol", (WebSocketProtocol,), {"bridge": self})
+        factory.protocol = cast(Any, type("WebSocketProtocol", (WebSocketProtocol,),
+                                          {"bridge": self}))
         self.factory = factory
 
     @property
@@ -568,7 +577,7 @@ class Bridge:
         request (parsed by the HTTP session, which has let go of the transport), ``rest``
         what the client sent after its head.
         """
-        protocol = self.factory.buildProtocol(transport.getPeer())
+        protocol = cast(WebSocketProtocol, self.factory.buildProtocol(transport.getPeer()))
         protocol.environ = environ
         protocol.started = monotonic()
         # The transport delivers to ``protocol`` (TCP), or to ``wrappedProtocol`` when it

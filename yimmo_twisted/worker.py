@@ -35,7 +35,7 @@ import threading
 from collections import deque
 from queue import SimpleQueue
 from time import monotonic
-from typing import Callable, Deque, List, Optional, Protocol, Union
+from typing import Any, Callable, Deque, List, Optional, Protocol, Union
 
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
@@ -81,6 +81,17 @@ class Channel:
         self.gone = True
         self.writable.set()
 
+    def deliver(self, source: Any, data: Optional[bytes], end: int) -> None:
+        """A record of ``source``'s output (its Source), on the reactor (Handoff.drain)."""
+        raise NotImplementedError
+
+
+class Source(Protocol):
+    """What emits output: an exchange (to its session), or a WebSocket's own channel."""
+
+    @property
+    def session(self) -> Channel: ...
+
 
 class Handoff:
     """
@@ -101,7 +112,7 @@ class Handoff:
 
     # -- worker -> reactor -------------------------------------------------------------
 
-    def emit(self, exchange: Exchange, data: Optional[bytes], end: int) -> None:
+    def emit(self, exchange: Source, data: Optional[bytes], end: int) -> None:
         """Queue output for the reactor (worker thread).  Blocks while the client is slow."""
         session = exchange.session
         if data:

@@ -5,9 +5,11 @@ past ``max_requests``, ``max_lifetime`` or ``max_rss`` (or with a hung request, 
 ``timeout_action: recycle``) asks its manager to replace it.  The manager replaces it
 as SIGHUP does: the successor first, then this process drains (proc.py).
 
-No replacement storm: a process asks once, and only after it has served a request (a
-successor already past ``max_rss`` as it starts is replaced once it has served, not as
-soon as it is ready); a hung request is reason enough on its own.
+No replacement storm: a process asks only after it has served a request (a successor
+already past ``max_rss`` as it starts is replaced once it has served, not as soon as it
+is ready; a hung request is reason enough on its own), and asks again only ASK_AGAIN
+later: the manager ignores a process it is replacing, or has replaced, and a request it
+dropped (during a reload, or when the successor failed to start) is made again.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ log = logger("yimmo.recycle")
 RSS_INTERVAL = 2.0  # seconds between two readings of the resident memory
 MAX_INTERVAL = 1.0  # seconds: max_lifetime is kept to within this
 MIN_INTERVAL = 0.05
+ASK_AGAIN = 10.0  # seconds between two requests for a replacement
 
 
 def resident_bytes() -> int:
@@ -74,7 +77,7 @@ class Watchdog:
         self.reactor = reactor
         self.now = now
         self.ask: Optional[Callable[[str], None]] = None
-        self.asked = False
+        self.asked: Optional[float] = None  # when the last request for a replacement went
         self.hung = 0  # requests found past request_timeout
         self._reported: Dict[Worker, float] = {}  # worker -> start of its reported request
         self.max_requests = 0
@@ -111,7 +114,7 @@ class Watchdog:
         s = self.settings
         if s.request_timeout:
             self._check_hung(now)
-        if self.asked or self.ask is None or not self.served():
+        if not self._may_ask(now) or not self.served():
             return
         if self.max_requests and self.served() >= self.max_requests:
             self._recycle("max_requests", "served %d requests (max_requests %d)"
@@ -138,13 +141,16 @@ class Watchdog:
                       "in {thread}: {request}; its stack:\n{stack}", seconds=now - started,
                       timeout=timeout, thread=worker.name, request=running(worker),
                       stack=thread_stack(worker).rstrip())
-            if (self.settings.timeout_action == "recycle" and not self.asked
-                    and self.ask is not None):
+            if self.settings.timeout_action == "recycle" and self._may_ask(now):
                 self._recycle("request_timeout", "a request ran past request_timeout "
                               "(%g s)" % timeout)
 
+    def _may_ask(self, now: float) -> bool:
+        return self.ask is not None and (self.asked is None or now - self.asked >= ASK_AGAIN)
+
     def _recycle(self, kind: str, why: str) -> None:
         assert self.ask is not None
-        self.asked = True
-        log.info("asking the manager for a replacement: {why}", why=why)
+        if self.asked is None:
+            log.info("asking the manager for a replacement: {why}", why=why)
+        self.asked = self.now()
         self.ask("%s %s" % (kind, why))

@@ -114,11 +114,12 @@ class Watchdog:
         s = self.settings
         if s.request_timeout:
             self._check_hung(now)
-        if not self._may_ask(now) or not self.served():
+        served = self.served()
+        if not served or not self._may_ask(now):
             return
-        if self.max_requests and self.served() >= self.max_requests:
+        if self.max_requests and served >= self.max_requests:
             self._recycle("max_requests", "served %d requests (max_requests %d)"
-                          % (self.served(), self.max_requests))
+                          % (served, self.max_requests))
         elif s.max_lifetime and now - self._born >= s.max_lifetime:
             self._recycle("max_lifetime", "ran %.1f s (max_lifetime %g s)"
                           % (now - self._born, s.max_lifetime))

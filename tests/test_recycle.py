@@ -7,7 +7,6 @@ process is replaced, then killed once its grace period is over.  Bad values stop
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -122,7 +121,8 @@ def test_max_rss_replaces_the_process_once_its_successor_has_served(serve):
 def _wait_hung_log(server, function: str, timeout: float):
     return server.wait_for_output(
         r"request running for [\d.]+ s \(request_timeout 1 s\) in yimmo-worker-\d: GET "
-        r"/(spin|sleep); its stack:[\s\S]*proc_apps\.py\", line \d+, in %s" % function, timeout=timeout)
+        r"/(spin|sleep); its stack:[\s\S]*proc_apps\.py\", line \d+, in %s" % function,
+        timeout=timeout)
 
 
 @pytest.mark.parametrize("path, function", [("/spin", "spin_forever"), ("/sleep", "routes")])

@@ -37,7 +37,7 @@ import os
 import signal
 import sys
 from time import monotonic
-from typing import Callable, Counter, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Counter, Dict, List, Optional, Tuple, Union
 
 from twisted.application import service
 from twisted.application.reactors import getReactorTypes, installReactor
@@ -70,7 +70,7 @@ class ServerProcess(ProcessProtocol):
         self.slot = slot
         self.pid: Optional[int] = None  # kept: the transport forgets it when the process ends
         self.started = monotonic()
-        self.ready = defer.Deferred()
+        self.ready: defer.Deferred[ServerProcess] = defer.Deferred()
         self.is_ready = False
         self.reopen_due = False  # SIGUSR1 came before the process handles it: sent once ready
         self.error = ""
@@ -79,7 +79,7 @@ class ServerProcess(ProcessProtocol):
         # Not through log_level's filter: the process has filtered its own events, and
         # its access log and stderr are not log_level's to drop.
         self._log = Logger(namespace="yimmo.process.%d" % slot)
-        self.ended = defer.Deferred()
+        self.ended: defer.Deferred[Any] = defer.Deferred()
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         if fd != CONTROL_FD:
@@ -110,7 +110,8 @@ class ServerProcess(ProcessProtocol):
 
     def signal(self, name: Union[str, int]) -> None:
         try:
-            self.transport.signalProcess(name)
+            if self.transport is not None:
+                self.transport.signalProcess(name)
         except Exception:
             pass  # already gone
 
@@ -137,7 +138,7 @@ def reactor_name(reactor) -> Optional[str]:
     """
     module = type(reactor).__module__
     for installer in getReactorTypes():
-        if installer.moduleName == module:
+        if getattr(installer, "moduleName", None) == module:
             return installer.shortName
     return None
 
@@ -439,7 +440,7 @@ def server_process_main(argv: List[str]) -> None:
             sys.exit(EXIT_START)
     from .util import AppError, load_app
     try:
-        app = load_app(settings.app_spec)
+        app = load_app(str(settings.app_spec))  # a server process is given MODULE:APP
     except AppError as e:
         _report("error: %s" % e)
         sys.exit(EXIT_START)
@@ -456,6 +457,7 @@ def server_process_main(argv: List[str]) -> None:
         _report("error: %s" % e)
         sys.exit(EXIT_START)
     control = _Control(reactor)
+    exit_code = [0]  # set by failed()
 
     def started(_) -> None:
         log.info("server process {slot} (pid {pid}) serving", slot=spec["slot"],
@@ -466,7 +468,7 @@ def server_process_main(argv: List[str]) -> None:
 
     def failed(failure) -> None:
         _report("error: %s" % failure.getErrorMessage())
-        reactor._yimmo_exit = EXIT_START
+        exit_code[0] = EXIT_START
         reactor.stop()
 
     def start() -> None:
@@ -474,14 +476,16 @@ def server_process_main(argv: List[str]) -> None:
         # whole process group must not make the manager see deaths to repair.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        StandardIO(control, stdin=0, stdout=CONTROL_FD, reactor=reactor)
+        # The POSIX StandardIO takes stdin/stdout; mypy reads the Windows one's signature.
+        StandardIO(control, stdin=0, stdout=CONTROL_FD,  # type: ignore[call-arg]
+                   reactor=reactor)
         d = defer.maybeDeferred(server.startService)
         d.addCallbacks(started, failed)
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     reactor.run()
-    sys.exit(getattr(reactor, "_yimmo_exit", 0))
+    sys.exit(exit_code[0])
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ def test_processes_share_the_file_and_reopen_on_the_managers_sigusr1(serve, tmp_
     def pids_in(p) -> set:
         return {json.loads(line)["pid"] for line in lines(p)}
 
-    def both_write(p) -> set:
+    def both_write(p) -> bool:
         server.get("/")
         return len(pids_in(p)) == 2
 

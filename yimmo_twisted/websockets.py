@@ -377,7 +377,9 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     # -- handshake -----------------------------------------------------------------------
 
-    def onConnect(self, request) -> Deferred:  # type: ignore[override]  # Twisted's flavour
+    # autobahn's newer hints give onConnect the asyncio flavour's return type (older ones
+    # none): the Twisted flavour takes a Deferred.
+    def onConnect(self, request) -> Deferred:  # type: ignore[override, unused-ignore]
         """Handshake valid: run on_open on a worker; it decides (403/500 or 101)."""
         offered = list(request.protocols)
         chosen = next((p for p in self.bridge.subprotocols if p in offered), None)

@@ -48,7 +48,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger, LoggingFile, LogLevel
 from zope.interface import implementer
 
-from . import compat
+from . import compat, systemd
 from .config import ConfigError, Settings
 from .logs import banner, logger, on_sigusr1, set_level, start_logging
 from .server import describe, listening_endpoint, take_stop_signals
@@ -173,6 +173,7 @@ class Manager(service.Service):
         self.recycles: Counter[str] = collections.Counter()  # by limit: max_requests...
         self.relay = False
         self.reactor_name: Optional[str] = None  # what the server processes install
+        self.announced = False  # systemd told READY=1 (the first start is over)
 
     # -- start ---------------------------------------------------------------------
 
@@ -228,6 +229,9 @@ class Manager(service.Service):
         for i, (fd, family, description) in enumerate(self.sockets):
             fds[FIRST_SOCKET_FD + i] = fd
             adopted.append((FIRST_SOCKET_FD + i, family, description))
+        env = dict(os.environ)
+        # systemd hears from the manager alone: it is the service's main process.
+        env.pop("NOTIFY_SOCKET", None)
         # The manager's sys.path goes along: a .tac file or a wrapper script may have
         # extended it for the app, and each server process imports the app itself.
         spec = json.dumps({"settings": self.settings.to_dict(), "adopted": adopted,
@@ -235,7 +239,7 @@ class Manager(service.Service):
                            "reactor": self.reactor_name})
         proc.pid = self.reactor.spawnProcess(
             proc, sys.executable, [sys.executable, "-m", "yimmo_twisted.proc", spec],
-            env=dict(os.environ), childFDs=fds).pid
+            env=env, childFDs=fds).pid
         self.procs[slot] = proc
         proc.ready.addCallback(self._ready)
         proc.ready.addErrback(lambda f: None)
@@ -245,6 +249,13 @@ class Manager(service.Service):
         log.info("server process {slot} ready (pid {pid})", slot=proc.slot, pid=proc.pid)
         if proc.reopen_due:
             proc.signal(signal.SIGUSR1)
+        if (not self.announced and not self.stopping and len(self.procs) == self.settings.no_proc
+                and all(p.is_ready for p in self.procs.values())):
+            self.announced = True
+            self._notify_ready()
+
+    def _notify_ready(self) -> None:
+        systemd.ready([describe(p) for p in self.ports], self.settings.no_proc)
 
     def reopen_logs(self) -> None:
         """
@@ -296,6 +307,7 @@ class Manager(service.Service):
         if self.reloading or self.stopping:
             return
         self.reloading = True
+        systemd.reloading()
         log.info("SIGHUP: replacing {n} server processes", n=len(self.procs))
         try:
             for slot in sorted(self.procs):
@@ -307,6 +319,11 @@ class Manager(service.Service):
             log.info("reload done")
         finally:
             self.reloading = False
+            # Done or stopped, the server processes serve: systemd waits for this after
+            # RELOADING=1 (not if the manager stops meanwhile: STOPPING=1 was sent).
+            if not self.stopping:
+                self.announced = True
+                self._notify_ready()
 
     def recycle(self, proc: ServerProcess, request: str) -> None:
         """A server process past a limit (``request``: ``LIMIT why``) asks to be replaced."""

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Union
 from twisted.application import service
 from twisted.internet import defer
 
+from . import systemd
 from .config import ConfigError, Settings, build
 from .logs import banner, logger, set_level
 from .proc import Manager
@@ -82,7 +83,13 @@ class YimmoService(service.MultiService):
         return d
 
     def _started(self, _: object) -> None:
-        banner(log, self.settings, "server", [describe(p) for p in self.child.ports])
+        endpoints = [describe(p) for p in self.child.ports]
+        banner(log, self.settings, "server", endpoints)
+        systemd.ready(endpoints)  # the manager says it itself, once its processes are
+
+    def stopService(self) -> defer.Deferred:
+        systemd.stopping()
+        return super().stopService()
 
     def _cannot_start(self, failure) -> None:
         log.critical("yimmo-wsgi: error: cannot start: {error}", error=failure.getErrorMessage())

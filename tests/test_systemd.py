@@ -21,7 +21,7 @@ import pytest
 import rawhttp
 from conftest import ServerProcess, _env
 from test_proc import wait_gone
-from test_startup import LOCAL, free_port
+from test_startup import LOCAL, _over, free_port
 
 UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -159,30 +159,45 @@ def test_twistd_notifies(notifications, no_proc):
 ACTIVATE = shutil.which("systemd-socket-activate")
 
 
+def _get_unix(path: str) -> rawhttp.Response:
+    """One request over the Unix socket ``path``, closed after the response."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(path)
+    with _over(sock) as c:
+        sock.settimeout(20)  # the first connection waits for the start
+        c.send(rawhttp.request(headers={"Connection": "close"}))
+        return c.read_response(timeout=20)
+
+
 @pytest.mark.skipif(ACTIVATE is None, reason="systemd-socket-activate is not installed "
                     "(Debian's systemd package)")
 @pytest.mark.parametrize("no_proc", [1, 2])
-def test_socket_activation(no_proc):
+@pytest.mark.parametrize("domain", ["INET", "UNIX"])
+def test_socket_activation(tmp_path, domain, no_proc):
     port = free_port()
+    address = "127.0.0.1:%d" % port if domain == "INET" else str(tmp_path / "http.sock")
     # The tool passes on only the environment it is told to (-E).  Twisted takes the
     # sockets only with their names (LISTEN_FDNAMES, which systemd itself always sets).
-    server = ServerProcess([str(ACTIVATE), "-l", "127.0.0.1:%d" % port, "--fdname=http",
+    server = ServerProcess([str(ACTIVATE), "-l", address, "--fdname=http",
                             "-E", "PYTHONPATH", "-E", "PYTHONUNBUFFERED",
                             sys.executable, "-m", "yimmo_twisted",
-                            "--listen", "systemd:domain=INET:index=0", "-p", str(no_proc),
-                            "-t", "1", "apps:hello"], _env(None))
+                            "--listen", "systemd:domain=%s:index=0" % domain,
+                            "-p", str(no_proc), "-t", "1", "apps:hello"], _env(None))
+
+    def get() -> rawhttp.Response:
+        return rawhttp.get(port, "/", timeout=20) if domain == "INET" else _get_unix(address)
+
     children: List[int] = []
     try:
-        server.wait_for_output(r"Listening on 127\.0\.0\.1:%d" % port)
+        server.wait_for_output("Listening on " + re.escape(address))
         assert "yimmo-twisted" not in server.output()  # nothing started yet
         # The first connection starts the server, which then answers it.
-        r = rawhttp.get(port, "/", timeout=20)
+        r = get()
         assert r.status == 200 and r.body == b"Hello, World!\n"
-        server.port = port
-        assert server.get("/").status == 200
         if no_proc > 1:  # the first process may answer before the second is ready
             server.wait_for_output(r"(ready \(pid \d+\)[\s\S]*){%d}" % no_proc, 15)
             children = [int(p) for p in re.findall(r"ready \(pid (\d+)\)", server.output())]
+        assert get().status == 200
         server.signal(signal.SIGTERM)
         assert server.wait_exit() == 0
         assert wait_gone(children, 5)

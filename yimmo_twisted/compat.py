@@ -378,12 +378,14 @@ def unix_adoption_ok() -> bool:
         b.close()
 
 
-def adopt_unix_port(reactor, fd: int, factory: Factory, backlog: int, mode: int):
+def adopt_unix_port(reactor, fd: int, factory: Factory, backlog: Optional[int],
+                    mode: Optional[int]):
     """
     The port of the listening Unix socket ``fd`` (inherited from the manager): the socket
     as the manager set it up, with its endpoint's ``mode`` and ``backlog``.  Twisted's
     adoptStreamPort (the fallback) listens and chmods it again, with its defaults (50,
-    0666).
+    0666), which are then set right again; None (a systemd socket, whose settings are
+    not known here) leaves Twisted's.
     """
     if unix_adoption_ok():
         port = _AdoptedUNIXPort._fromListeningDescriptor(reactor, fd, factory)
@@ -393,9 +395,10 @@ def adopt_unix_port(reactor, fd: int, factory: Factory, backlog: int, mode: int)
     # Set right again at once (in between, the socket file was open to all).
     with socket.socket(fileno=os.dup(fd)) as sock:
         path = sock.getsockname()
-        if path and path[:1] not in ("\0", b"\0"):  # not in the abstract namespace
+        if mode is not None and path and path[:1] not in ("\0", b"\0"):  # not abstract
             os.chmod(path, mode)
-        sock.listen(backlog)
+        if backlog is not None:
+            sock.listen(backlog)
     return port
 
 

@@ -234,6 +234,10 @@ class Server(service.Service):
         factory = self._factory(description)
         if family != socket.AF_UNIX:
             port = self.reactor.adoptStreamPort(fd, family, factory)
+        elif split_endpoint(description)[1].startswith("systemd:"):
+            # Set up by systemd (SocketMode=, Backlog=); and its endpoint string, read
+            # here, would look for LISTEN_FDS, which only the manager had.
+            port = compat.adopt_unix_port(self.reactor, fd, factory, None, None)
         else:
             listen = compat.listen_arguments(split_endpoint(description)[1])
             port = compat.adopt_unix_port(self.reactor, fd, factory, listen["backlog"],

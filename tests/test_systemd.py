@@ -159,12 +159,15 @@ def test_twistd_notifies(notifications, no_proc):
 ACTIVATE = shutil.which("systemd-socket-activate")
 
 
-def _get_unix(path: str) -> rawhttp.Response:
-    """One request over the Unix socket ``path``, closed after the response."""
+def _get(address) -> rawhttp.Response:
+    """One request to ``address`` (host and port, or a Unix socket's path), closed after
+    the response; the first connection waits for the server to start."""
+    if isinstance(address, tuple):
+        return rawhttp.get(address[1], "/", timeout=20)
     sock = socket.socket(socket.AF_UNIX)
-    sock.connect(path)
+    sock.connect(address)
     with _over(sock) as c:
-        sock.settimeout(20)  # the first connection waits for the start
+        sock.settimeout(20)
         c.send(rawhttp.request(headers={"Connection": "close"}))
         return c.read_response(timeout=20)
 
@@ -175,31 +178,91 @@ def _get_unix(path: str) -> rawhttp.Response:
 @pytest.mark.parametrize("domain", ["INET", "UNIX"])
 def test_socket_activation(tmp_path, domain, no_proc):
     port = free_port()
-    address = "127.0.0.1:%d" % port if domain == "INET" else str(tmp_path / "http.sock")
+    address = ("127.0.0.1", port) if domain == "INET" else str(tmp_path / "http.sock")
+    where = "%s:%d" % address if domain == "INET" else address
     # The tool passes on only the environment it is told to (-E).  Twisted takes the
     # sockets only with their names (LISTEN_FDNAMES, which systemd itself always sets).
-    server = ServerProcess([str(ACTIVATE), "-l", address, "--fdname=http",
+    server = ServerProcess([str(ACTIVATE), "-l", where, "--fdname=http",
                             "-E", "PYTHONPATH", "-E", "PYTHONUNBUFFERED",
                             sys.executable, "-m", "yimmo_twisted",
                             "--listen", "systemd:domain=%s:index=0" % domain,
                             "-p", str(no_proc), "-t", "1", "apps:hello"], _env(None))
-
-    def get() -> rawhttp.Response:
-        return rawhttp.get(port, "/", timeout=20) if domain == "INET" else _get_unix(address)
-
     children: List[int] = []
     try:
-        server.wait_for_output("Listening on " + re.escape(address))
+        server.wait_for_output("Listening on " + re.escape(where))
         assert "yimmo-twisted" not in server.output()  # nothing started yet
         # The first connection starts the server, which then answers it.
-        r = get()
+        r = _get(address)
         assert r.status == 200 and r.body == b"Hello, World!\n"
         if no_proc > 1:  # the first process may answer before the second is ready
-            server.wait_for_output(r"(ready \(pid \d+\)[\s\S]*){%d}" % no_proc, 15)
+            server.wait_for_output(READY_ALL % no_proc, 15)
             children = [int(p) for p in re.findall(r"ready \(pid (\d+)\)", server.output())]
-        assert get().status == 200
+        assert _get(address).status == 200
         server.signal(signal.SIGTERM)
         assert server.wait_exit() == 0
         assert wait_gone(children, 5)
     finally:
         server.stop()
+
+
+# Every server process ready (the manager's lines), or one process serving (its banner).
+READY_ALL = r"\(server, pid|(ready \(pid \d+\)[\s\S]*){%d}"
+
+# Runs argv[1:] with the socket of fd argv[1] as systemd passes it: fd 3, LISTEN_* set.
+AS_SYSTEMD = """if 1:
+    import os, sys
+    fd = int(sys.argv[1])
+    os.dup2(fd, 3)
+    os.close(fd)
+    os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="http")
+    os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("no_proc", [1, 2])
+@pytest.mark.parametrize("domain", ["INET", "UNIX"])
+def test_systemd_socket_outlives_the_server(tmp_path, domain, no_proc):
+    """
+    systemd keeps its socket across restarts of the service: once the server has stopped
+    the socket still listens (neither shut down nor unlinked), and a connection queued
+    meanwhile is answered by the next server.
+    """
+    if domain == "INET":
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+    else:
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(tmp_path / "http.sock"))
+    listener.listen(16)
+    address = listener.getsockname()
+    servers: List[ServerProcess] = []
+
+    def start() -> ServerProcess:
+        server = ServerProcess([sys.executable, "-c", AS_SYSTEMD, str(listener.fileno()),
+                                sys.executable, "-m", "yimmo_twisted",
+                                "--listen", "systemd:domain=%s:index=0" % domain,
+                                "-p", str(no_proc), "-t", "1", "apps:hello"],
+                               _env(None), pass_fds=(listener.fileno(),))
+        servers.append(server)
+        server.wait_for_output(READY_ALL % no_proc, 15)
+        return server
+
+    try:
+        first = start()
+        assert _get(address).status == 200
+        first.signal(signal.SIGTERM)
+        assert first.wait_exit() == 0
+        if domain == "UNIX":
+            assert os.path.exists(address)
+        # Between two starts: the connection queues.
+        waiting = socket.socket(listener.family)
+        waiting.connect(address)
+        with _over(waiting) as c:
+            c.send(rawhttp.request(headers={"Connection": "close"}))
+            start()
+            waiting.settimeout(20)
+            assert c.read_response(timeout=20).status == 200
+    finally:
+        for server in servers:
+            server.stop()
+        listener.close()

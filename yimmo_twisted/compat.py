@@ -404,11 +404,11 @@ def adopt_unix_port(reactor, fd: int, factory: Factory, backlog: Optional[int],
 
 def stop_adopted(port) -> defer.Deferred:
     """
-    Stop accepting on ``port``, a listening socket adopted from the manager, closing this
-    process's descriptor alone.  Where Twisted's close would do more (shut the socket
-    down when close_alone cannot prevent it, unlink the path of a Unix socket adopted by
-    the fallback), the port only stops reading, and its descriptor closes as the process
-    exits.
+    Stop accepting on ``port``, a listening socket adopted from the manager (or passed by
+    systemd), closing this process's descriptor alone.  Where Twisted's close would do
+    more (shut the socket down when close_alone cannot prevent it, unlink the path of a
+    Unix socket adopted by the fallback or passed by systemd), the port only stops
+    reading, and its descriptor closes as the process exits.
     """
     if close_alone_ok() and (isinstance(port, _AdoptedUNIXPort)
                              or not isinstance(port, unix.Port)):

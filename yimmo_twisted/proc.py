@@ -51,7 +51,7 @@ from zope.interface import implementer
 from . import compat, systemd
 from .config import ConfigError, Settings
 from .logs import banner, logger, on_sigusr1, set_level, start_logging
-from .server import describe, listening_endpoint, take_stop_signals
+from .server import describe, from_systemd, listening_endpoint, take_stop_signals
 
 log = logger("yimmo.proc")
 
@@ -379,10 +379,14 @@ class Manager(service.Service):
     def stopService(self):
         service.Service.stopService(self)
         self.stopping = True
-        for port in self.ports:
-            # This descriptor (close_alone) and a Unix socket's file; each process closes
-            # its own descriptor as its drain begins.
-            port.stopListening()
+        for port, (_, _, description) in zip(self.ports, self.sockets):
+            # This descriptor (close_alone) and a Unix socket's file, but not the file of
+            # systemd's socket, which goes on listening for the next start; each process
+            # closes its own descriptor as its drain begins.
+            if from_systemd(description):
+                compat.stop_adopted(port)
+            else:
+                port.stopListening()
         procs = self._live()
         for proc in procs:
             proc.retire()

@@ -48,6 +48,11 @@ def url_scheme(description: str) -> str:
     return "https" if split_endpoint(description)[1].startswith("ssl:") else "http"
 
 
+def from_systemd(description: str) -> bool:
+    """A socket systemd passes (socket activation): it outlives this process."""
+    return split_endpoint(description)[1].startswith("systemd:")
+
+
 def listening_endpoint(reactor, description: str) -> IStreamServerEndpoint:
     """
     The endpoint that listens for ``description``: the one beneath ``haproxy:``, except
@@ -195,6 +200,7 @@ class Server(service.Service):
             self.pool.access = self.access.record
         self.websockets = Bridge(self)  # after the access log: it logs sessions there
         self.ports: List = []
+        self.systemd_ports: List = []  # of self.ports, systemd's: kept listening at the stop
         self.base_environ = {
             "SCRIPT_NAME": "",
             "SERVER_SOFTWARE": "%s/%s" % (SERVER_SOFTWARE, __version__),
@@ -234,7 +240,7 @@ class Server(service.Service):
         factory = self._factory(description)
         if family != socket.AF_UNIX:
             port = self.reactor.adoptStreamPort(fd, family, factory)
-        elif split_endpoint(description)[1].startswith("systemd:"):
+        elif from_systemd(description):
             # Set up by systemd (SocketMode=, Backlog=); and its endpoint string, read
             # here, would look for LISTEN_FDS, which only the manager had.
             port = compat.adopt_unix_port(self.reactor, fd, factory, None, None)
@@ -268,7 +274,12 @@ class Server(service.Service):
         else:
             for description in self.settings.endpoints():
                 endpoint = listening_endpoint(self.reactor, description)
-                self.ports.append((yield endpoint.listen(self._factory(description))))
+                port = yield endpoint.listen(self._factory(description))
+                if from_systemd(description):
+                    # systemd holds the socket for the next start: not shut down.
+                    compat.close_alone(port)
+                    self.systemd_ports.append(port)
+                self.ports.append(port)
         for port in self.ports:
             log.info("listening on {address}", address=describe(port))
         s = self.settings
@@ -297,10 +308,12 @@ class Server(service.Service):
         """Stop accepting, let in-flight requests finish (``grace``), then stop."""
         service.Service.stopService(self)
         self.draining = True
-        stop = (compat.stop_adopted if self.adopted is not None
-                else lambda port: defer.maybeDeferred(port.stopListening))
-        yield defer.gatherResults([stop(p) for p in self.ports])
-        self.ports = []
+        # Shared sockets (the manager's, systemd's) are closed here alone, not shut down
+        # nor unlinked.
+        yield defer.gatherResults([
+            compat.stop_adopted(p) if self.adopted is not None or p in self.systemd_ports
+            else defer.maybeDeferred(p.stopListening) for p in self.ports])
+        self.ports = self.systemd_ports = []
         self.websockets.stop()
         self._deadline = self.now() + self.settings.grace
         for session in self.sessions:

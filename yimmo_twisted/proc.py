@@ -249,7 +249,10 @@ class Manager(service.Service):
         log.info("server process {slot} ready (pid {pid})", slot=proc.slot, pid=proc.pid)
         if proc.reopen_due:
             proc.signal(signal.SIGUSR1)
-        if (not self.announced and not self.stopping and len(self.procs) == self.settings.no_proc
+        # The first start is over when every slot's process is ready (a reload, under way,
+        # says so itself at its end).
+        if (not self.announced and not self.stopping and not self.reloading
+                and len(self.procs) == self.settings.no_proc
                 and all(p.is_ready for p in self.procs.values())):
             self.announced = True
             self._notify_ready()

@@ -234,9 +234,9 @@ class RequestReader:
             if state == _HEAD:
                 return self._head()
             if state == _LENGTH:
-                return self._fixed()
+                return self._data(_DONE)
             if state == _CHUNK_DATA:
-                return self._chunk_data()
+                return self._data(_CHUNK_END)
             if state == _DONE:
                 return self._end()
             if state == _CLOSED:
@@ -404,22 +404,14 @@ class RequestReader:
         self._pos = end
         return bytes(memoryview(buf)[pos:end])
 
-    def _fixed(self) -> Event:
+    def _data(self, then: int) -> Event:
+        """Bytes of the body (Content-Length) or of a chunk; ``then``: the state after it."""
         if self._pos >= len(self._buf):
             return NEED_DATA
         data = self._take(self._remaining)
         self._remaining -= len(data)
         if not self._remaining:
-            self._state = _DONE
-        return data
-
-    def _chunk_data(self) -> Event:
-        if self._pos >= len(self._buf):
-            return NEED_DATA
-        data = self._take(self._remaining)
-        self._remaining -= len(data)
-        if not self._remaining:
-            self._state = _CHUNK_END
+            self._state = then
         return data
 
     def _chunk_framing(self) -> Event:
@@ -462,7 +454,7 @@ class RequestReader:
                                         % self.limits.max_body_size)
                     self._remaining = size
                     self._state = _CHUNK_DATA
-                    return self._chunk_data()
+                    return self._data(_CHUNK_END)
                 self._state = _TRAILERS
                 self._trailer_bytes = self._trailers = 0
                 continue

@@ -169,6 +169,17 @@ class ServerProcess:
             return c.read_until_close(timeout)
 
 
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
+    """The first true value of ``predicate()`` within ``timeout`` seconds, else its last."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
 def _env(extra: Optional[dict]) -> dict:
     env = dict(os.environ)
     # A clean slate: no YIMMO_* settings leak from the outer environment into a test.

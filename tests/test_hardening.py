@@ -13,6 +13,7 @@ import time
 import pytest
 
 import rawhttp
+from conftest import wait_for
 from rawhttp import request
 
 pytestmark = pytest.mark.timeout(60)
@@ -20,15 +21,6 @@ pytestmark = pytest.mark.timeout(60)
 
 def fd_count(pid: int) -> int:
     return len(os.listdir("/proc/%d/fd" % pid))
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def settled_fd_count(pid: int) -> int:
@@ -58,13 +50,13 @@ def test_aborted_streamed_uploads_leave_no_connection_behind(serve, how):
         c = socket.create_connection((s.host, s.port), timeout=5)
         c.sendall(head + b"x" * 1024)
         socks.append(c)
-    assert wait_until(lambda: fd_count(pid) >= before + 20, 5)
+    assert wait_for(lambda: fd_count(pid) >= before + 20, 5)
     for c in socks:
         if how == "close":
             c.close()
         else:
             c.shutdown(socket.SHUT_WR)
-    assert wait_until(lambda: fd_count(pid) <= before, 3), (
+    assert wait_for(lambda: fd_count(pid) <= before, 3), (
         "%d descriptors open, %d before the uploads" % (fd_count(pid), before))
     for c in socks:
         c.close()

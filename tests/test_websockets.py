@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 import rawhttp
-from conftest import start_server
+from conftest import start_server, wait_for
 
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -52,16 +52,6 @@ def client(server, path="/", **kw):
 
 def ws_log(server) -> dict:
     return server.get("/ws-log").json()
-
-
-def wait_for(predicate, timeout=5.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 # -- raw frames ---------------------------------------------------------------------------

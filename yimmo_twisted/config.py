@@ -148,6 +148,22 @@ def _endpoints(raw: Any) -> List[str]:
     return [i.strip() for i in items]
 
 
+def _endpoint_or_off(raw: Any) -> Optional[str]:
+    """One endpoint string, or off (None)."""
+    text = str(raw).strip()
+    if text.lower() in ("", "off", "0", "no", "false"):
+        return None
+    if text.startswith(PROXY_PREFIX):
+        raise ValueError("the metrics endpoint takes no PROXY protocol")
+    from .compat import parse_endpoint  # here: compat imports Twisted and autobahn
+
+    try:
+        parse_endpoint(text)
+    except ValueError as e:
+        raise ValueError("not an endpoint string: %s" % e) from None
+    return text
+
+
 def _flag(raw: Any) -> bool:
     if isinstance(raw, bool):
         return raw
@@ -240,6 +256,11 @@ OPTIONS = (
            _w("access_log_file"), "file the access log is appended to, by every server "
            "process, instead of stdout; reopened on SIGUSR1 (rotate: rename, then SIGUSR1)",
            "FILE"),
+    Option("metrics_listen", _endpoint_or_off, "YIMMO_METRICS_LISTEN", ("--metrics-listen",),
+           _w("metrics", "listen"), "endpoint serving Prometheus metrics at /metrics (off, or "
+           "e.g. tcp:9100:interface=127.0.0.1); never the app's; with several server "
+           "processes the manager serves their sum (needs the metrics extra: "
+           "pip install yimmo-twisted[metrics])", "ENDPOINT"),
     Option("tls_cert", _file, "YIMMO_TLS_CERT_PATH", ("--tls-cert",), _w("tls", "cert"),
            "PEM certificate (chain): with --tls-key, --port serves HTTPS", "FILE"),
     Option("tls_key", _file, "YIMMO_TLS_KEY_PATH", ("--tls-key",), _w("tls", "key"),
@@ -380,6 +401,7 @@ class Settings:
     log_level: str = "INFO"
     access_log: str = "combined"
     access_log_file: Optional[str] = None  # None: stdout
+    metrics_listen: Optional[str] = None  # None: off
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     forwarded_allow_ips: List[str] = field(default_factory=lambda: list(FORWARDED_DEFAULT))

@@ -28,6 +28,10 @@ def parser() -> argparse.ArgumentParser:
     for option in OPTIONS:
         if not option.flags or option.name == "app":
             continue  # the application is the positional argument
+        if option.switch:  # --reload: "on" when given, else the lower sources decide
+            p.add_argument(*option.flags, dest=option.name, action="store_const", const="on",
+                           default=None, help=help_text(option))
+            continue
         p.add_argument(*option.flags, dest=option.name, metavar=option.metavar,
                        action="append" if option.repeat else "store", default=None,
                        help=help_text(option))

@@ -201,6 +201,12 @@ def _names(raw: Any) -> List[str]:
     return [str(i).strip() for i in items if str(i).strip()]
 
 
+def _paths(raw: Any) -> List[str]:
+    """Files or folders, as _names takes them, made absolute: the manager that watches
+    them for reload may run elsewhere (twistd's chdir to its rundir)."""
+    return [os.path.abspath(os.path.expanduser(p)) for p in _names(raw)]
+
+
 @dataclass(frozen=True)
 class Option:
     name: str  # attribute of Settings
@@ -211,6 +217,7 @@ class Option:
     help: str
     metavar: str = "N"
     repeat: bool = False  # a command-line option given once per value
+    switch: bool = False  # a command-line option without a value: given, it turns on
 
     @property
     def long(self) -> str:
@@ -327,6 +334,13 @@ OPTIONS = (
            ("--timeout-action",), _w("timeout_action"), "past request_timeout: log, or "
            "recycle (also replace the process; the hung request has grace to finish, then "
            "its process is killed)", "ACTION"),
+    # Development (reload.py): the manager replaces its server processes on code changes.
+    Option("reload", _flag, "YIMMO_WSGI_RELOAD", ("--reload",), _w("reload"),
+           "for development: replace the server processes when the app's modules (or "
+           "reload_paths) change, as SIGHUP does (needs watchfiles)", "", switch=True),
+    Option("reload_paths", _paths, "YIMMO_WSGI_RELOAD_PATHS", ("--reload-paths",),
+           _w("reload_paths"), "more files or folders whose changes reload, with reload "
+           "(commas or spaces separate several)", "PATHS"),
     # WebSockets (websockets.py); input_buffer and output_buffer bound their queues too.
     Option("ws_max_message_size", _size, "YIMMO_WS_MAX_MESSAGE_SIZE",
            ("--ws-max-message-size",), _w("websockets", "max_message_size"),
@@ -426,6 +440,8 @@ class Settings:
     max_rss: int = 0
     request_timeout: float = 0.0
     timeout_action: str = "log"
+    reload: bool = False
+    reload_paths: List[str] = field(default_factory=list)
     ws_max_message_size: int = 16 << 20
     ws_max_frame_size: int = 16 << 20
     ws_compression: bool = False
@@ -457,7 +473,7 @@ class Settings:
     @property
     def managed(self) -> bool:
         """A manager runs server processes (proc.py), rather than one process serving."""
-        return self.no_proc > 1 or self.recycles
+        return self.no_proc > 1 or self.recycles or self.reload  # reload replaces them
 
     def endpoints(self) -> List[str]:
         """
@@ -595,6 +611,12 @@ def check(settings: Settings, need_app: bool = True) -> None:
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise ConfigError("TLS needs both tls_cert and tls_key (YIMMO_TLS_CERT_PATH, "
                           "YIMMO_TLS_KEY_PATH, wsgi.tls.cert/key)")
+    if settings.reload:
+        try:
+            import watchfiles  # noqa: F401  (here: one line at start-up, whichever door)
+        except ImportError:
+            raise ConfigError("reload needs watchfiles: pip install "
+                              "'yimmo-twisted[reload]'") from None
     spec = settings.app_spec
     if not need_app:
         return

@@ -13,7 +13,8 @@ from .util import AppError
 class Options(usage.Options):
     synopsis = "--app MODULE:APP [options]"
     optParameters = [[o.long, o.short, None, help_text(o)] for o in OPTIONS
-                     if o.flags and not o.repeat]
+                     if o.flags and not o.repeat and not o.switch]
+    optFlags = [[o.long, o.short, help_text(o)] for o in OPTIONS if o.switch]
 
     def __init__(self) -> None:
         super().__init__()
@@ -28,6 +29,9 @@ class Options(usage.Options):
         # Build the service here: twistd reports a UsageError from postOptions as one
         # line and a non-zero exit, which is what a bad app or setting deserves.
         values = {o.name: self.get(o.long, self.get(o.name)) for o in OPTIONS if o.flags}
+        for o in OPTIONS:
+            if o.switch:  # usage.Options gives a flag 0 or 1: 0 is "not given", not "off"
+                values[o.name] = "on" if values[o.name] else None
         if values.get("app"):
             values["module"] = None  # --app names module and app at once
         try:

@@ -96,6 +96,8 @@ class ServerProcess(ProcessProtocol):
                 self.error = text[len("error: "):]
             elif text.startswith("recycle: "):
                 self.manager.recycle(self, text[len("recycle: "):])
+            elif text.startswith("watch: ") and self.manager.reloader is not None:
+                self.manager.reloader.watch(json.loads(text[len("watch: "):]))
 
     def _relay(self, fd: int, data: bytes, end: bool = False) -> None:
         """The process's output, when it goes to the manager's log (see Manager.relay)."""
@@ -174,6 +176,7 @@ class Manager(service.Service):
         self.relay = False
         self.reactor_name: Optional[str] = None  # what the server processes install
         self.announced = False  # systemd told READY=1 (the first start is over)
+        self.reloader: Optional[Any] = None  # reload.Reloader, with the reload setting
 
     # -- start ---------------------------------------------------------------------
 
@@ -199,6 +202,14 @@ class Manager(service.Service):
             log.info("manager holds {address} for {n} server processes",
                      address=describe(port), n=self.settings.no_proc)
         banner(log, self.settings, self.role(), [describe(p) for p in self.ports])
+        if self.settings.reload:
+            from .reload import Reloader  # imports nothing of watchfiles' until it watches
+
+            if self.settings.no_proc > 1:
+                log.warn("reload is for development: it replaces {n} server processes on "
+                         "each change (no_proc 1 is enough)", n=self.settings.no_proc)
+            self.reloader = Reloader(self)
+            self.reloader.start()
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         if self.settings.access_log_file is not None and self.settings.access_log != "off":
             on_sigusr1(self.reactor, self.reopen_logs)
@@ -219,7 +230,7 @@ class Manager(service.Service):
         if s.request_timeout and s.timeout_action == "recycle":
             limits.append("request_timeout %g s" % s.request_timeout)
         return "manager" + ("; replaces server processes past " + ", ".join(limits)
-                            if limits else "")
+                            if limits else "") + ("; reloads on changes" if s.reload else "")
 
     def _spawn(self, slot: int) -> ServerProcess:
         proc = ServerProcess(self, slot)
@@ -304,14 +315,15 @@ class Manager(service.Service):
     # -- reload (SIGHUP) -----------------------------------------------------------
 
     @defer.inlineCallbacks
-    def reload(self):
+    def reload(self, why: str = "SIGHUP"):
         """Replace the server processes one at a time: each old one drains once its
-        successor is ready, so some process always accepts."""
+        successor is ready, so some process always accepts.  ``why``: SIGHUP, or the
+        reload setting's watcher."""
         if self.reloading or self.stopping:
             return
         self.reloading = True
         systemd.reloading()
-        log.info("SIGHUP: replacing {n} server processes", n=len(self.procs))
+        log.info("{why}: replacing {n} server processes", why=why, n=len(self.procs))
         try:
             for slot in sorted(self.procs):
                 if slot in self.replacing:
@@ -382,6 +394,8 @@ class Manager(service.Service):
     def stopService(self):
         service.Service.stopService(self)
         self.stopping = True
+        if self.reloader is not None:
+            self.reloader.stop()
         for port, (_, _, description) in zip(self.ports, self.sockets):
             # This descriptor (close_alone) and a Unix socket's file, but not the file of
             # systemd's socket, which goes on listening for the next start; each process
@@ -463,11 +477,22 @@ def server_process_main(argv: List[str]) -> None:
                     % (spec["reactor"], type(e).__name__, e))
             sys.exit(EXIT_START)
     from .util import AppError, load_app
+    if settings.reload:
+        # A .pyc records its source's mtime in whole seconds (and its size): two edits
+        # within a second, a reload between them, and the next process would run the
+        # first edit's bytecode.  Without .pyc files written, none is stale.
+        sys.dont_write_bytecode = True
     try:
         app = load_app(str(settings.app_spec))  # a server process is given MODULE:APP
     except AppError as e:
+        if settings.reload:  # the file of the error too: its fix must reload
+            from .reload import user_files
+            _report("watch: " + json.dumps(user_files(e.__cause__)))
         _report("error: %s" % e)
         sys.exit(EXIT_START)
+    if settings.reload:
+        from .reload import user_files
+        _report("watch: " + json.dumps(user_files()))
 
     from twisted.internet import reactor
     from twisted.internet.stdio import StandardIO

@@ -66,7 +66,8 @@ class YimmoService(service.MultiService):
             if callable_app is not None:
                 raise ConfigError("no_proc > 1 needs the application as MODULE:APP (each "
                                   "server process imports it), as do max_requests, "
-                                  "max_lifetime, max_rss and timeout_action recycle")
+                                  "max_lifetime, max_rss, timeout_action recycle and "
+                                  "reload")
             self.child: Union[Manager, Server] = Manager(settings, self._fatal, reactor)
         else:
             assert callable_app is not None or settings.app_spec is not None  # build() checked

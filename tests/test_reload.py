@@ -207,3 +207,25 @@ def test_user_files_are_the_users_modules(tmp_path, monkeypatch):
     with pytest.raises(SyntaxError) as info:
         import rl_broken  # noqa: F401
     assert str(broken) in user_files(info.value)
+
+
+def test_broken_module_new_to_the_app_is_watched_for_its_fix(serve, tmp_path):
+    """The app starts importing a module of a folder not watched yet, which has a syntax
+    error: the failed process names its file, and the fix of that file alone reloads."""
+    module = tmp_path / "rl_union.py"
+    write_app(module, "v1")
+    lib = tmp_path / "rl_lib"
+    lib.mkdir()
+    (lib / "__init__.py").write_text("")
+    helper = lib / "helper.py"
+    helper.write_text("PART = 'two'\ndef broken(:\n")
+    server = serve("rl_union:app", "--reload", "-t", "1", env=env_with(tmp_path))
+    answers(server, b"v1", 5)
+    write_app(module, "v2", extra="from rl_lib.helper import PART\nBODY += PART.encode()\n")
+    server.wait_for_output(r"did not start \(cannot import 'rl_union': SyntaxError.*helper\.py",
+                           RELOADED)
+    assert body(server) == b"v1"
+    helper.write_text("PART = '-two'\n")
+    answers(server, b"v2-two")
+    assert "rl_lib/helper.py changed" in server.output()
+    stops_promptly(server)

@@ -27,6 +27,10 @@ goes on to every server process, which reopens its ``access_log_file``.
 Recycling: a server process past one of its limits (recycle.py) asks over fd 3 to be
 replaced ("recycle: REASON"); it is replaced as on SIGHUP, and a replaced process that
 outlives its grace period is killed.
+
+Reload (the reload setting, reload.py): a server process reports the source files of the
+app's modules over fd 3 ("watch: [JSON list]"); a change to one replaces the processes as
+on SIGHUP.
 """
 
 from __future__ import annotations

@@ -96,13 +96,16 @@ class Watcher:
         self._rewatch = threading.Event()  # the files' folders changed: watch them afresh
         self._threads: List[threading.Thread] = []
 
-    def add(self, files: Iterable[str]) -> None:
+    def add(self, files: Iterable[str]) -> bool:
+        """Watch ``files`` too; True if any is new."""
         new = self.files | {os.path.abspath(f) for f in files}
-        if new != self.files:
-            folders = {os.path.dirname(f) for f in self.files}
-            self.files = frozenset(new)
-            if {os.path.dirname(f) for f in new} != folders:
-                self._rewatch.set()
+        if new == self.files:
+            return False
+        folders = {os.path.dirname(f) for f in self.files}
+        self.files = frozenset(new)
+        if {os.path.dirname(f) for f in new} != folders:
+            self._rewatch.set()
+        return True
 
     def start(self) -> None:
         targets: List[Callable[[], None]] = [self._watch_files]
@@ -180,7 +183,8 @@ class Reloader:
 
     def watch(self, files: Iterable[str]) -> None:
         """Files a server process reported (``watch: [...]``); kept after it ends."""
-        self.watcher.add(files)
+        if self.watcher.add(files):
+            log.debug("reload: watching {n} files", n=len(self.watcher.files))
 
     def stop(self) -> None:
         if self._pending is not None and self._pending.active():

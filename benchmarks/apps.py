@@ -1,8 +1,9 @@
 """WSGI applications served identically by every server in ``benchmarks/run.py``.
 
 Each is a plain PEP 3333 callable with no dependencies, so the numbers compare the
-servers, not the applications.  Run e.g. ``yimmo-wsgi benchmarks.apps:hello`` from the
-repository root.
+servers, not the applications (the Flask and Django hellos are in flask_app.py and
+django_app.py, so that this module imports without them).  Run e.g.
+``yimmo-wsgi benchmarks.apps:hello`` from the repository root.
 """
 
 import os
@@ -74,3 +75,4 @@ def download(environ, start_response):
     start_response("200 OK", [("Content-Type", "application/octet-stream"),
                               ("Content-Length", str(os.fstat(f.fileno()).st_size))])
     return environ.get("wsgi.file_wrapper", _blocks)(f, 65536)
+

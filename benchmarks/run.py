@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compare yimmo-wsgi with other WSGI servers under wrk, on 127.0.0.1 only.
 
-    python benchmarks/run.py                 # every server, every scenario, 10 s each
+    python benchmarks/run.py                 # every installed server, every scenario, 10 s each
     python benchmarks/run.py --quick         # 3 s each
     python benchmarks/run.py --servers yimmo,gunicorn --scenarios hello --json out.json
 
@@ -9,12 +9,18 @@ For each scenario, each server is started in turn (one process, same app from
 benchmarks/apps.py, a free 127.0.0.1 port), waited for until it answers, warmed up for
 about a second, measured with ``wrk -t1 -c50 -dNs --latency`` and stopped (SIGTERM to its
 process group, SIGKILL after a timeout).  Every server is stopped on errors and on Ctrl-C
-too.  Results go to stdout as Markdown tables; progress goes to stderr.
+too.  Results go to stdout as Markdown tables (req/s, the server's CPU time per request,
+p99, errors, ratios to yimmo and to the ceiling); progress goes to stderr.
+
+Besides the WSGI servers, two bounds: "ceiling" (ceiling.py: a bare Twisted protocol with
+a canned hello answer, the most any server on this reactor can do) and the C yimmo-wsgi,
+where ../shared/yimmo-c/build.sh has built it.  Servers not installed are noted, not run.
 
 Two scenarios serve a 200 MB file (made in a temporary folder for the run, removed after
 it) through wsgi.file_wrapper: "download" times whole downloads by a client of this
 script that reads as fast as it can; "slow-downloads" measures /hello with wrk, alone and
-while 20 clients of this script download the file at 64 KiB/s each.
+while 20 clients of this script download the file at 64 KiB/s each.  "memory" opens
+10,000 idle keep-alive connections and reports the server's RSS growth per connection.
 
 Standard library only.
 """
@@ -28,16 +34,19 @@ import json
 import os
 import platform
 import re
+import resource
+import selectors
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
 from importlib import metadata
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)  # repository root: servers run there, benchmarks.apps importable
@@ -52,18 +61,26 @@ STDERR_LINES = 5      # lines of a failed server's output shown in the table
 # --- scenarios ---------------------------------------------------------------------------
 
 SCENARIOS = {
-    # name: (application in benchmarks.apps, wrk Lua script or None, description)
+    # name: (application: NAME in benchmarks/apps.py or MODULE:NAME in benchmarks/,
+    #        wrk Lua script or None, description)
     "hello": ("hello", None, "GET, 14-byte body with Content-Length"),
     "10k": ("payload_10k", None, "GET, 10 KiB body with Content-Length"),
     "upload": ("upload_echo", "upload.lua",
                "POST of 1 MiB, the app reads it all, answers its length"),
     "cpu": ("cpu", None, "GET, ~2 ms of pure-Python CPU work per request (GIL-bound)"),
+    "flask": ("flask_app:app", None, "GET of a Flask hello route"),
+    "django": ("django_app:application", None,
+               "GET of a minimal Django hello (one URL, CommonMiddleware)"),
     # Measured by clients of this script (see CLIENTS), not by wrk alone.
     "download": ("download", None, "GET of a 200 MB file through wsgi.file_wrapper, "
                  "read as fast as the client can"),
     "slow-downloads": ("download", None, "GET /hello under wrk, alone and while 20 clients "
                        "download the 200 MB file at 64 KiB/s each"),
+    "memory": ("hello", None, "RSS per idle keep-alive connection: 10,000 connections, one "
+               "request each, left open"),
 }
+# The framework a scenario's app needs (distribution name): the scenario is skipped without.
+SCENARIO_NEEDS = {"flask": "Flask", "django": "Django"}
 FILE_SCENARIOS = ("download", "slow-downloads")
 FILE_SIZE = 200 * 1000 * 1000
 SLOW_RATE = 64 * 1024  # bytes per second for each slow downloader
@@ -79,50 +96,160 @@ def _script(name: str) -> str:
     return shutil.which(name) or name
 
 
-def _yimmo(port: int, app: str) -> List[str]:
-    return [sys.executable, "-m", "yimmo_twisted",
-            "--listen", "tcp:%d:interface=%s" % (port, HOST), "benchmarks.apps:" + app]
+# Builders: (port, app, idle) -> argv.  ``idle`` is the memory scenario's: the server keeps
+# an idle keep-alive connection open for IDLE_TIMEOUT seconds at least, and takes as many
+# connections as that scenario opens, where its defaults would close or refuse them first.
+IDLE_TIMEOUT = 60
 
 
-def _yimmo2(port: int, app: str) -> List[str]:
-    return _yimmo(port, app)[:3] + ["--no-proc", "2"] + _yimmo(port, app)[3:]
+def target(app: str) -> str:
+    """The ``module:name`` of an application of SCENARIOS, importable from the repository root."""
+    return "benchmarks." + (app if ":" in app else "apps:" + app)
 
 
-def _gunicorn(port: int, app: str, workers: int = 1) -> List[str]:
-    return [_script("gunicorn"), "-k", "gthread", "-w", str(workers), "--threads", "4",
-            "-b", "%s:%d" % (HOST, port), "benchmarks.apps:" + app]
+def _yimmo(port: int, app: str, idle: bool, procs: int = 1) -> List[str]:
+    argv = [sys.executable, "-m", "yimmo_twisted", "--listen", "tcp:%d:interface=%s" % (port, HOST)]
+    if procs > 1:
+        argv += ["--no-proc", str(procs)]
+    if idle:  # its default idle timeout is 5 s
+        argv += ["--idle-timeout", str(IDLE_TIMEOUT)]
+    return argv + [target(app)]
 
 
-def _granian(port: int, app: str, workers: int = 1) -> List[str]:
-    return [_script("granian"), "--interface", "wsgi", "--workers", str(workers),
-            "--host", HOST, "--port", str(port), "benchmarks.apps:" + app]
+def _ceiling(port: int, app: str, idle: bool) -> List[str]:
+    return [sys.executable, os.path.join(HERE, "ceiling.py"), str(port)]
 
 
-def _twisted(port: int, app: str) -> List[str]:
+def _gunicorn(port: int, app: str, idle: bool, workers: int = 1) -> List[str]:
+    argv = [_script("gunicorn"), "-k", "gthread", "-w", str(workers), "--threads", "4",
+            "-b", "%s:%d" % (HOST, port)]
+    if idle:  # its keep-alive is 2 s, and a worker takes 1000 connections at most
+        argv += ["--keep-alive", str(IDLE_TIMEOUT), "--worker-connections", "20000"]
+    return argv + [target(app)]
+
+
+def _granian(port: int, app: str, idle: bool, workers: int = 1) -> List[str]:
+    argv = [_script("granian"), "--interface", "wsgi", "--workers", str(workers),
+            "--host", HOST, "--port", str(port)]
+    if idle:  # its backpressure (backlog/workers, 1024) caps the connections it serves
+        argv += ["--backpressure", "20000"]
+    return argv + [target(app)]
+
+
+def _twisted(port: int, app: str, idle: bool) -> List[str]:
     return [_script("twist"), "web", "--listen", "tcp:%d:interface=%s" % (port, HOST),
-            "--wsgi", "benchmarks.apps." + app]
+            "--wsgi", target(app).replace(":", ".")]
 
 
-def _waitress(port: int, app: str) -> List[str]:
-    return [_script("waitress-serve"), "--listen=%s:%d" % (HOST, port), "--threads=4",
-            "benchmarks.apps:" + app]
+def _waitress(port: int, app: str, idle: bool) -> List[str]:
+    argv = [_script("waitress-serve"), "--listen=%s:%d" % (HOST, port), "--threads=4"]
+    if idle:  # it takes 100 connections at most, and select() fails above fd 1024
+        argv += ["--connection-limit=20000", "--channel-timeout=%d" % IDLE_TIMEOUT,
+                 "--asyncore-use-poll"]
+    return argv + [target(app)]
+
+
+def _bjoern(port: int, app: str, idle: bool) -> List[str]:
+    return [sys.executable, os.path.join(HERE, "bjoern_server.py"), str(port), target(app)]
+
+
+def _uwsgi(port: int, app: str, idle: bool) -> List[str]:
+    # --http11-socket: uWSGI 2.0's --http-socket closes every connection after its answer,
+    # --http-keepalive or not (that option is its HTTP router's), which wrk counts as one
+    # read error per request.
+    argv = [_script("uwsgi"), "--http11-socket", "%s:%d" % (HOST, port),
+            "--master", "--processes", "1", "--threads", "4", "--module", target(app),
+            "--need-app",          # exit, not serve 500s, when the app does not import
+            "--disable-logging",   # no access line per request (gunicorn, granian log none)
+            "--die-on-term"]       # uWSGI 2.0 reloads on SIGTERM without it
+    if sys.prefix != sys.base_prefix:  # the embedded Python finds this venv's packages
+        argv += ["--virtualenv", sys.prefix]
+    return argv
+
+
+def yimmo_c_runner() -> Optional[str]:
+    """The run.sh of a yimmo-wsgi (C) build, or None.
+
+    ``build.sh OUT`` (in ../shared/yimmo-c) leaves OUT/bin/yimmo-wsgi and OUT/run.sh, which
+    sets the library path and the embedded Python's home before exec'ing the binary.  Where:
+    $YIMMO_C (the binary, or its run.sh), else OUT = ../shared/yimmo-c/build beside this
+    repository, else ~/.cache/yimmo-c (the yimmo-c README's example).
+    """
+    if os.environ.get("YIMMO_C"):
+        candidates = [os.environ["YIMMO_C"]]
+    else:
+        candidates = [os.path.join(ROOT, "..", "shared", "yimmo-c", "build", "bin", "yimmo-wsgi"),
+                      os.path.expanduser(os.path.join("~", ".cache", "yimmo-c", "bin",
+                                                      "yimmo-wsgi"))]
+    for path in candidates:
+        if os.path.basename(path) == "run.sh":
+            runner = path
+        else:
+            runner = os.path.join(os.path.dirname(os.path.dirname(path)), "run.sh")
+        if os.access(runner, os.X_OK):
+            return os.path.abspath(runner)
+    return None
+
+
+def _yimmo_c(port: int, app: str, idle: bool, threads: int) -> List[str]:
+    # -P binds every interface (it has no address option); wrk still talks to 127.0.0.1.
+    return [yimmo_c_runner() or "yimmo-wsgi", "-P", str(port), "-t", str(threads), "-p", "1",
+            target(app)]
+
+
+def _yimmo_c_env(idle: bool) -> Dict[str, str]:
+    # run.sh adds the site-packages of PATH's python3 (flask, django); name ours instead.
+    env = {"YIMMO_C_SITE": sysconfig.get_paths()["purelib"]}
+    if idle:  # the C server's idle timeout (libyimmo's default: 5 s)
+        env["YIMMO_SERVER_IDLE_TIMEOUT"] = str(IDLE_TIMEOUT)
+    return env
+
+
+class Peer(NamedTuple):
+    build: Callable[[int, str, bool], List[str]]
+    dist: Optional[str]  # distribution whose version is reported (None: yimmo-c)
+    label: str
+    env: Optional[Callable[[bool], Dict[str, str]]] = None  # (idle) -> extra environment
+    serves: Optional[Tuple[str, ...]] = None  # scenarios it can serve (None: all)
 
 
 SERVERS = {
-    # name: (command line builder, distribution whose version is reported, label)
-    "yimmo": (_yimmo, "yimmo-twisted", "yimmo-wsgi (4 threads)"),
-    "gunicorn": (_gunicorn, "gunicorn", "gunicorn gthread (1 worker, 4 threads)"),
-    "granian": (_granian, "granian", "granian wsgi (1 worker)"),
-    "twisted": (_twisted, "Twisted", "twisted.web.wsgi (twist web)"),
-    "waitress": (_waitress, "waitress", "waitress (4 threads)"),
+    "yimmo": Peer(_yimmo, "yimmo-twisted", "yimmo-wsgi (4 threads)"),
+    # The reactor's upper bound; its canned answer is the hello app's, so hello and memory.
+    "ceiling": Peer(_ceiling, "Twisted", "ceiling: bare Twisted protocol, canned response",
+                    serves=("hello", "memory")),
+    "yimmo-c1": Peer(lambda port, app, idle: _yimmo_c(port, app, idle, 1), None,
+                     "yimmo-wsgi C (-t 1)", env=_yimmo_c_env),
+    "yimmo-c4": Peer(lambda port, app, idle: _yimmo_c(port, app, idle, 4), None,
+                     "yimmo-wsgi C (-t 4)", env=_yimmo_c_env),
+    "gunicorn": Peer(_gunicorn, "gunicorn", "gunicorn gthread (1 worker, 4 threads)"),
+    "granian": Peer(_granian, "granian", "granian wsgi (1 worker)"),
+    "bjoern": Peer(_bjoern, "bjoern", "bjoern (1 thread)"),
+    "uwsgi": Peer(_uwsgi, "uWSGI", "uWSGI (1 process, 4 threads)"),
+    "twisted": Peer(_twisted, "Twisted", "twisted.web.wsgi (twist web)"),
+    "waitress": Peer(_waitress, "waitress", "waitress (4 threads)"),
     # Two processes each (not run unless named: --servers yimmo2,gunicorn2,granian2).
-    "yimmo2": (_yimmo2, "yimmo-twisted", "yimmo-wsgi -p 2 (2 processes x 4 threads)"),
-    "gunicorn2": (lambda port, app: _gunicorn(port, app, 2), "gunicorn",
-                  "gunicorn gthread (2 workers, 4 threads)"),
-    "granian2": (lambda port, app: _granian(port, app, 2), "granian",
-                 "granian wsgi (2 workers)"),
+    "yimmo2": Peer(lambda port, app, idle: _yimmo(port, app, idle, procs=2), "yimmo-twisted",
+                   "yimmo-wsgi -p 2 (2 processes x 4 threads)"),
+    "gunicorn2": Peer(lambda port, app, idle: _gunicorn(port, app, idle, 2), "gunicorn",
+                      "gunicorn gthread (2 workers, 4 threads)"),
+    "granian2": Peer(lambda port, app, idle: _granian(port, app, idle, 2), "granian",
+                     "granian wsgi (2 workers)"),
 }
 DEFAULT_SERVERS = [name for name in SERVERS if not name.endswith("2")]
+
+
+def missing(name: str) -> Optional[str]:
+    """Why server ``name`` cannot run here (not installed, not built), or None."""
+    dist = SERVERS[name].dist
+    if dist is None:
+        if yimmo_c_runner() is None:
+            return ("not built (bash ../shared/yimmo-c/build.sh ~/.cache/yimmo-c, or "
+                    "$YIMMO_C naming its bin/yimmo-wsgi)")
+        return None
+    if version(dist) == "not installed":
+        return "not installed (pip install %s)" % dist.lower()
+    return None
 
 
 # --- processes ---------------------------------------------------------------------------
@@ -132,10 +259,11 @@ class Server:
 
     live: List["Server"] = []  # every started server not yet stopped
 
-    def __init__(self, name: str, argv: List[str], port: int):
+    def __init__(self, name: str, argv: List[str], port: int,
+                 extra_env: Optional[Dict[str, str]] = None):
         self.name, self.argv, self.port = name, argv, port
         self.log = tempfile.TemporaryFile(prefix="bench-%s-" % name)
-        env = dict(os.environ)
+        env = dict(os.environ, **(extra_env or {}))
         env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
@@ -275,15 +403,17 @@ ERROR_PATTERNS = re.compile(r'Traceback|Unhandled|CRITICAL|\bcritical\b|ERROR|\b
 
 
 def measure(server_name: str, scenario: str, args) -> Dict[str, object]:
-    build, _, _ = SERVERS[server_name]
+    peer = SERVERS[server_name]
     app, script, _ = SCENARIOS[scenario]
     port = free_port()
-    argv = build(port, app)
+    idle = scenario == "memory"
+    argv = peer.build(port, app, idle)
+    env = peer.env(idle) if peer.env else {}
     row: Dict[str, object] = {"server": server_name, "scenario": scenario, "app": app,
-                              "port": port, "command": " ".join(argv), "ok": False}
+                              "port": port, "command": " ".join(argv), "env": env, "ok": False}
     print("[%s] %s: starting %s" % (scenario, server_name, row["command"]), file=sys.stderr)
     try:
-        server = Server(server_name, argv, port)
+        server = Server(server_name, argv, port, env)
     except OSError as e:
         row["error"] = "cannot start: %s" % e
         return row
@@ -318,12 +448,22 @@ def measure(server_name: str, scenario: str, args) -> Dict[str, object]:
     return row
 
 
+def measured_wrk(server: Server, script: Optional[str], args) -> Dict[str, object]:
+    """wrk for ``args.duration`` seconds, parsed, with its output and the server's CPU time
+    per request (user + system of its process group, so workers count too)."""
+    cpu = cpu_seconds(server.proc.pid)  # the group's id is the leader's pid (new session)
+    out = wrk(server.port, script, args.duration, args)
+    cpu = cpu_seconds(server.proc.pid) - cpu
+    result = parse_wrk(out)
+    result["wrk"] = out
+    result["cpu_us"] = 1e6 * cpu / result["requests"] if result["requests"] else None
+    return result
+
+
 def run_wrk(server: Server, script: Optional[str], args, row: Dict[str, object]) -> None:
     """A warm-up, then wrk for ``args.duration`` seconds."""
     wrk(server.port, script, WARMUP, args)  # warm-up, discarded
-    out = wrk(server.port, script, args.duration, args)
-    row["wrk"] = out
-    row.update(parse_wrk(out))
+    row.update(measured_wrk(server, script, args))
     row["ok"] = row.get("rps") is not None
     if not row["ok"]:
         row["error"] = "wrk output not understood"
@@ -333,9 +473,13 @@ def p99_text(value: Optional[float]) -> str:
     return "n/a" if value is None else "%.2f" % value
 
 
+def cpu_text(value: Optional[float]) -> str:
+    return "n/a" if value is None else "%.0f" % value
+
+
 def wrk_summary(row: Dict[str, object]) -> str:
-    return "%.0f req/s, p99 %.2f ms, errors %s" % (row["rps"], row["p99_ms"] or 0.0,
-                                                   errors_text(row))
+    return "%.0f req/s, %s us CPU/req, p99 %.2f ms, errors %s" % (
+        row["rps"], cpu_text(row.get("cpu_us")), row["p99_ms"] or 0.0, errors_text(row))
 
 
 # --- the file scenarios: clients of this script ------------------------------------------
@@ -387,9 +531,9 @@ def download(port: int) -> float:
         return time.perf_counter() - started
 
 
-def cpu_seconds(group: int) -> float:
-    """User and system CPU time so far of the processes in process group ``group``."""
-    ticks = 0
+def group_stats(group: int) -> Dict[str, List[str]]:
+    """The /proc/PID/stat fields after the command name of each process in ``group``."""
+    stats = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -398,9 +542,29 @@ def cpu_seconds(group: int) -> float:
                 fields = f.read().rpartition(")")[2].split()
         except OSError:
             continue  # gone meanwhile
-        if int(fields[2]) == group:  # pgrp, then utime and stime at 11 and 12
-            ticks += int(fields[11]) + int(fields[12])
+        if int(fields[2]) == group:  # the process group
+            stats[name] = fields
+    return stats
+
+
+def cpu_seconds(group: int) -> float:
+    """User and system CPU time so far of the processes in process group ``group``."""
+    ticks = sum(int(fields[11]) + int(fields[12])  # utime, stime
+                for fields in group_stats(group).values())
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(group: int) -> int:
+    """The resident set size (VmRSS) of the processes in ``group``, summed, in KiB."""
+    total = 0
+    for pid in group_stats(group):
+        try:
+            with open("/proc/%s/status" % pid) as f:
+                total += next((int(line.split()[1]) for line in f
+                               if line.startswith("VmRSS:")), 0)
+        except OSError:
+            pass  # gone meanwhile
+    return total
 
 
 def run_download(server: Server, script: Optional[str], args, row: Dict[str, object]) -> None:
@@ -460,7 +624,7 @@ def run_slow_downloads(server: Server, script: Optional[str], args,
                        row: Dict[str, object]) -> None:
     """wrk on /hello alone, then with ``args.slow_clients`` slow downloads under way."""
     wrk(server.port, None, WARMUP, args)  # warm-up, discarded
-    row["alone"] = parse_wrk(wrk(server.port, None, args.duration, args))
+    row["alone"] = measured_wrk(server, None, args)
     stop = threading.Event()
     clients = [SlowDownloader(server.port, stop) for _ in range(args.slow_clients)]
     for client in clients:
@@ -493,8 +657,152 @@ def slow_summary(row: Dict[str, object]) -> str:
                 errors_text(row)))
 
 
-CLIENTS = {"download": run_download, "slow-downloads": run_slow_downloads}
-SUMMARIES = {"download": download_summary, "slow-downloads": slow_summary}
+# --- the memory scenario: idle keep-alive connections --------------------------------------
+
+HELLO_REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+IN_FLIGHT = 32   # connections opened but not yet answered: below the smallest backlog (50)
+STALL = 3.0      # seconds without a new answer before the client stops opening
+SETUP_LIMIT = 30.0  # seconds for all of them: well within IDLE_TIMEOUT, so none times out
+SETTLE = 1.0     # seconds between the last answer and the second RSS reading
+
+
+def _answered(data: bytes) -> Optional[bool]:
+    """True once ``data`` holds a whole 200 response, False for another status, None
+    while incomplete (every app of the scenario sends a Content-Length)."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return None
+    if not head.startswith(b"HTTP/1.1 200"):
+        return False
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    return None if m and len(body) < int(m.group(1)) else True
+
+
+def open_idle(port: int, count: int) -> Tuple[List[socket.socket], List[str]]:
+    """Open ``count`` connections, send one request on each and read its answer, at most
+    IN_FLIGHT unanswered at a time (a fast server sets 10,000 up in a second or two); stop
+    after STALL seconds without an answer or SETUP_LIMIT in all.  The answered
+    connections, left open, and the errors of the others."""
+    sel = selectors.DefaultSelector()
+    pending: Dict[socket.socket, bytes] = {}
+    idle: List[socket.socket] = []
+    errors: List[str] = []
+    opened = 0
+    last = started = time.monotonic()
+    try:
+        while (len(idle) + len(errors) < count and time.monotonic() - last < STALL
+               and time.monotonic() - started < SETUP_LIMIT):
+            while opened < count and len(pending) < IN_FLIGHT:
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex((HOST, port))
+                sel.register(sock, selectors.EVENT_WRITE)
+                pending[sock] = b""
+                opened += 1
+            for key, events in sel.select(0.2):
+                sock = key.fileobj
+                try:
+                    if events & selectors.EVENT_WRITE:  # connected (or refused)
+                        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        if err:
+                            raise OSError(err, os.strerror(err))
+                        sock.sendall(HELLO_REQUEST)  # a few bytes: the buffer takes them
+                        sel.modify(sock, selectors.EVENT_READ)
+                        continue
+                    data = sock.recv(65536)
+                    if not data:
+                        raise OSError("closed before the answer")
+                    pending[sock] += data
+                    done = _answered(pending[sock])
+                    if done is None:
+                        continue
+                    if not done:
+                        raise OSError("answered %r" % pending[sock][:40])
+                    idle.append(sock)
+                    last = time.monotonic()
+                except OSError as e:
+                    errors.append(str(e))
+                    sock.close()
+                sel.unregister(sock)
+                del pending[sock]
+    finally:
+        for sock in pending:  # never answered
+            sel.unregister(sock)
+            sock.close()
+        sel.close()
+    return idle, errors
+
+
+def still_open(socks: List[socket.socket]) -> int:
+    """How many of ``socks`` the server has not closed (no EOF, no reset to read)."""
+    alive = 0
+    for sock in socks:
+        try:
+            alive += sock.recv(1, socket.MSG_PEEK) != b""  # b"": closed by the server
+        except BlockingIOError:
+            alive += 1
+        except OSError:
+            pass
+    return alive
+
+
+def raise_nofile(wanted: int) -> int:
+    """Raise this process's RLIMIT_NOFILE (the servers inherit it) to ``wanted``, or as
+    far as the hard limit allows; the soft limit after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return soft
+    try:  # beyond the hard limit too, where allowed (root)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def run_memory(server: Server, script: Optional[str], args, row: Dict[str, object]) -> None:
+    """RSS of the server's processes before and after ``args.idle_connections`` idle
+    keep-alive connections: KiB per connection."""
+    # A warm-up batch first, so that first-use costs (imports, thread starts, buffers)
+    # fall before the first reading, not on the connections measured.
+    warm, _ = open_idle(server.port, min(IN_FLIGHT * 4, args.idle_connections))
+    for sock in warm:
+        sock.close()
+    time.sleep(SETTLE)
+    before = rss_kib(server.proc.pid)
+    started = time.monotonic()
+    idle, errors = open_idle(server.port, args.idle_connections)
+    try:
+        row["setup_s"] = time.monotonic() - started
+        time.sleep(SETTLE)
+        if server.proc.poll() is not None:  # its RSS would read as 0
+            raise RuntimeError("exited with status %s while the connections were opened: %s"
+                               % (server.proc.returncode, server.head()))
+        after = rss_kib(server.proc.pid)
+        row.update(rss_before_kib=before, rss_after_kib=after, answered=len(idle),
+                   wanted=args.idle_connections, conn_errors=errors[:5],
+                   conn_error_count=len(errors), still_open=still_open(idle),
+                   kib_per_conn=(after - before) / len(idle) if idle else None, ok=True)
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def memory_summary(row: Dict[str, object]) -> str:
+    return ("%d of %d connections answered in %.1f s, %d still open; RSS %.1f -> %.1f MiB, "
+            "%s KiB per connection" % (
+                row["answered"], row["wanted"], row["setup_s"], row["still_open"],
+                row["rss_before_kib"] / 1024, row["rss_after_kib"] / 1024,
+                kib_text(row.get("kib_per_conn"))))
+
+
+def kib_text(value: Optional[float]) -> str:
+    return "n/a" if value is None else "%.1f" % value
+
+
+CLIENTS = {"download": run_download, "slow-downloads": run_slow_downloads,
+           "memory": run_memory}
+SUMMARIES = {"download": download_summary, "slow-downloads": slow_summary,
+             "memory": memory_summary}
 
 
 def errors_text(row: Dict[str, object]) -> str:
@@ -525,6 +833,19 @@ def version(dist: str) -> str:
         return "not installed"
 
 
+def server_version(name: str) -> str:
+    dist = SERVERS[name].dist
+    if dist is not None:
+        return version(dist)
+    runner = yimmo_c_runner()  # build.sh writes the commits it built in BUILD-INFO.txt
+    try:
+        with open(os.path.join(os.path.dirname(runner or ""), "BUILD-INFO.txt")) as f:
+            commit = next(line.split()[1][:7] for line in f if line.startswith("libyimmo"))
+        return "C, libyimmo %s + fixes.patch" % commit
+    except (OSError, StopIteration, IndexError):
+        return "C" if runner else "not built"
+
+
 def load_average() -> str:
     """The 1/5/15-minute load averages: other work on the machine skews every number."""
     try:
@@ -549,7 +870,7 @@ def header(args) -> Dict[str, object]:
         "nproc": os.cpu_count(),
         "kernel": platform.system() + " " + platform.release(),
         "python": platform.python_implementation() + " " + platform.python_version(),
-        "versions": {name: version(SERVERS[name][1]) for name in args.servers},
+        "versions": {name: server_version(name) for name in args.servers},
         "loadavg": load_average(),
         "wrk": wrk_version(),
         "wrk_args": "-t%d -c%d -d%ds --latency" % (args.threads_wrk, args.connections,
@@ -563,7 +884,7 @@ def print_header(h: Dict[str, object]) -> None:
     print("- date: %s" % h["date"])
     print("- machine: %s, nproc %s, %s, %s; load average at start %s"
           % (h["cpu"], h["nproc"], h["kernel"], h["python"], h["loadavg"]))
-    print("- servers: " + ", ".join("%s %s" % (SERVERS[n][1], v) for n, v in h["versions"].items()))
+    print("- servers: " + "; ".join("%s %s" % (n, v) for n, v in h["versions"].items()))
     print("- client: wrk %s, `wrk %s`, after a %d s warm-up; one server process at a time, "
           "127.0.0.1 only" % (h["wrk"], h["wrk_args"], WARMUP))
     print()
@@ -585,21 +906,21 @@ def cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def print_table(scenario: str, rows: List[Dict[str, object]]) -> None:
+def print_table(scenario: str, rows: List[Dict[str, object]], skipped: List[str]) -> None:
     print("### %s: %s" % (scenario, SCENARIOS[scenario][2]))
     print()
     columns, cells = TABLES.get(scenario, (WRK_COLUMNS, wrk_cells))
     print("| server | " + " | ".join(name for name, _ in columns) + " |")
     print("|---|" + "|".join(align for _, align in columns) + "|")
     for row in rows:
-        label = SERVERS[row["server"]][2]
+        label = SERVERS[row["server"]].label
         if row.get("ok"):
             print("| %s | %s |" % (label, " | ".join(cells(rows, row))))
         else:
             print("| %s | FAILED | %s |" % (label, " | ".join(
                 [cell(row.get("error", "?"))] + ["—"] * (len(columns) - 2))))
     print()
-    notes = [note for row in rows for note in row_notes(row)]
+    notes = [note for row in rows for note in row_notes(row)] + skipped
     for note in notes:
         print("- note: " + note)
     if notes:
@@ -607,13 +928,24 @@ def print_table(scenario: str, rows: List[Dict[str, object]]) -> None:
     sys.stdout.flush()
 
 
-WRK_COLUMNS = [("req/s", "---:"), ("p99 ms", "---:"), ("errors", "---"),
-               ("yimmo/peer", "---")]
+WRK_COLUMNS = [("req/s", "---:"), ("server CPU µs/req", "---:"), ("p99 ms", "---:"),
+               ("errors", "---"), ("yimmo/peer", "---"), ("server/ceiling", "---")]
+
+
+def ceiling_ratio(rows: List[Dict[str, object]], row: Dict[str, object]) -> str:
+    """This row's req/s over the ceiling's (yimmo's row: yimmo/ceiling): how much of the
+    reactor's bound a server reaches; — where the ceiling does not serve the scenario."""
+    ceiling = next((r for r in rows if r["server"] == "ceiling"), None)
+    if ceiling is None or row["server"] == "ceiling":
+        return "—"
+    if not (ceiling.get("ok") and ceiling["rps"] and row.get("ok")):
+        return "n/a"
+    return "%s/ceiling = %.2fx" % (row["server"], row["rps"] / ceiling["rps"])
 
 
 def wrk_cells(rows: List[Dict[str, object]], row: Dict[str, object]) -> List[str]:
-    return ["%.0f" % row["rps"], p99_text(row.get("p99_ms")), cell(errors_text(row)),
-            ratio(rows, row)]
+    return ["%.0f" % row["rps"], cpu_text(row.get("cpu_us")), p99_text(row.get("p99_ms")),
+            cell(errors_text(row)), ratio(rows, row), ceiling_ratio(rows, row)]
 
 
 DOWNLOAD_COLUMNS = [("best s", "---:"), ("median s", "---:"), ("MB/s (best)", "---:"),
@@ -633,7 +965,8 @@ def download_cells(rows: List[Dict[str, object]], row: Dict[str, object]) -> Lis
             "%.0f" % (FILE_SIZE / 1e6 / row["seconds"]), "%.0f" % row["cpu_ms"], versus]
 
 
-SLOW_COLUMNS = [("/hello req/s alone", "---:"), ("p99 ms alone", "---:"),
+SLOW_COLUMNS = [("/hello req/s alone", "---:"), ("server CPU µs/req alone", "---:"),
+                ("p99 ms alone", "---:"),
                 ("req/s with slow downloads", "---:"), ("p99 ms with", "---:"),
                 ("p99 delay ms", "---:"), ("downloads served", "---:"), ("errors", "---")]
 
@@ -642,13 +975,35 @@ def slow_cells(rows: List[Dict[str, object]], row: Dict[str, object]) -> List[st
     alone = row["alone"]
     delay = (row["p99_ms"] - alone["p99_ms"]
              if row.get("p99_ms") is not None and alone.get("p99_ms") is not None else None)
-    return ["%.0f" % alone["rps"], p99_text(alone.get("p99_ms")), "%.0f" % row["rps"],
+    return ["%.0f" % alone["rps"], cpu_text(alone.get("cpu_us")), p99_text(alone.get("p99_ms")),
+            "%.0f" % row["rps"],
             p99_text(row.get("p99_ms")), p99_text(delay),
             "%d of %d" % (row["served"], row["slow_clients"]), cell(errors_text(row))]
 
 
+MEMORY_COLUMNS = [("connections answered", "---:"), ("setup s", "---:"),
+                  ("still open after", "---:"), ("RSS before MiB", "---:"),
+                  ("RSS after MiB", "---:"), ("KiB per connection", "---:"),
+                  ("peer/yimmo", "---")]
+
+
+def memory_cells(rows: List[Dict[str, object]], row: Dict[str, object]) -> List[str]:
+    own = "yimmo2" if row["server"].endswith("2") else "yimmo"
+    yimmo = next((r for r in rows if r["server"] == own and r.get("ok")), None)
+    if row["server"] == own:
+        versus = "—"
+    elif not (yimmo and yimmo.get("kib_per_conn") and row.get("kib_per_conn") is not None):
+        versus = "n/a"
+    else:  # above 1: yimmo takes less memory per connection
+        versus = "%.2fx" % (row["kib_per_conn"] / yimmo["kib_per_conn"])
+    return ["%d of %d" % (row["answered"], row["wanted"]), "%.1f" % row["setup_s"],
+            "%d" % row["still_open"], "%.1f" % (row["rss_before_kib"] / 1024),
+            "%.1f" % (row["rss_after_kib"] / 1024), kib_text(row.get("kib_per_conn")), versus]
+
+
 TABLES = {"download": (DOWNLOAD_COLUMNS, download_cells),
-          "slow-downloads": (SLOW_COLUMNS, slow_cells)}
+          "slow-downloads": (SLOW_COLUMNS, slow_cells),
+          "memory": (MEMORY_COLUMNS, memory_cells)}
 
 
 def row_notes(row: Dict[str, object]) -> List[str]:
@@ -660,6 +1015,17 @@ def row_notes(row: Dict[str, object]) -> List[str]:
                      "SIGKILL" % (row["server"], STOP_TIMEOUT))
     elif stop.get("stop_seconds", 0) > 2:
         notes.append("%s took %.1f s to exit after SIGTERM" % (row["server"], stop["stop_seconds"]))
+    if row.get("conn_error_count"):
+        notes.append("%s: %d connection(s) not answered, first: %s"
+                     % (row["server"], row["conn_error_count"], cell(row["conn_errors"][0])))
+    if row.get("answered") is not None and row["answered"] < row["wanted"]:
+        notes.append("%s answered %d of %d connections (then no new answer for %.0f s, "
+                     "or %.0f s in all)" % (row["server"], row["answered"], row["wanted"],
+                                            STALL, SETUP_LIMIT))
+    if row.get("still_open") is not None and row["still_open"] < row["answered"]:
+        notes.append("%s closed %d of its %d idle connections within %.0f s of their answer"
+                     % (row["server"], row["answered"] - row["still_open"], row["answered"],
+                        row["setup_s"] + SETTLE))
     if row.get("client_errors"):
         notes.append("%s: %d slow downloader(s) failed, first: %s"
                      % (row["server"], len(row["client_errors"]), cell(row["client_errors"][0])))
@@ -767,14 +1133,16 @@ def parse_args(argv=None):
                    help="download: timed downloads per server, after a warm-up (default 5)")
     p.add_argument("--slow-clients", type=int, default=20,
                    help="slow-downloads: clients at 64 KiB/s each (default 20)")
+    p.add_argument("--idle-connections", type=int, default=10000,
+                   help="memory: idle keep-alive connections opened (default 10000)")
     p.add_argument("--json", metavar="FILE", help="write the raw results here")
     args = p.parse_args(argv)
     if args.quick:
         args.duration = 3
     if (args.duration < 1 or args.connections < 1 or args.threads_wrk < 1
-            or args.downloads < 1 or args.slow_clients < 1):
-        p.error("--duration, --connections, --threads-wrk, --downloads and --slow-clients "
-                "must be at least 1")
+            or args.downloads < 1 or args.slow_clients < 1 or args.idle_connections < 1):
+        p.error("--duration, --connections, --threads-wrk, --downloads, --slow-clients and "
+                "--idle-connections must be at least 1")
     if args.connections < args.threads_wrk:
         p.error("--connections must be at least --threads-wrk")
     if not shutil.which("wrk"):
@@ -800,11 +1168,26 @@ def main(argv=None) -> int:
             print("writing a %d MB file in %s" % (FILE_SIZE // 1000000, folder.name),
                   file=sys.stderr)
             os.environ["BENCH_FILE"] = make_file(folder.name)  # the servers' apps.download
+        if "memory" in args.scenarios:
+            # This client and each server hold a descriptor per connection, and more.
+            limit = raise_nofile(args.idle_connections + 1024)
+            print("RLIMIT_NOFILE %d for this client and the servers" % limit, file=sys.stderr)
+        # Servers not installed or not built: a note under every table.
+        absent = {name: missing(name) for name in args.servers}
+        skipped = ["%s not run: %s" % (name, why) for name, why in absent.items() if why]
         for scenario in args.scenarios:
+            need = SCENARIO_NEEDS.get(scenario)
+            if need and version(need) == "not installed":
+                print("### %s: skipped, %s not installed (pip install %s)\n"
+                      % (scenario, need, need.lower()))
+                continue
             results[scenario] = []
             for server in args.servers:
+                serves = SERVERS[server].serves
+                if absent[server] or (serves and scenario not in serves):
+                    continue
                 results[scenario].append(measure(server, scenario, args))
-            print_table(scenario, results[scenario])
+            print_table(scenario, results[scenario], skipped)
         if "hello" in results:
             target_check(results)
         if any(scenario in results for scenario in FILE_SCENARIOS):

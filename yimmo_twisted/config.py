@@ -608,6 +608,12 @@ def check(settings: Settings, need_app: bool = True) -> None:
         # Here, for one line at start-up whichever door: the manager writes no access
         # log, its server processes open the file only once started.
         os.close(open_log_file(settings.access_log_file))
+    if settings.metrics_listen is not None:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise ConfigError("metrics_listen needs prometheus-client: pip install "
+                              "'yimmo-twisted[metrics]'") from None
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise ConfigError("TLS needs both tls_cert and tls_key (YIMMO_TLS_CERT_PATH, "
                           "YIMMO_TLS_KEY_PATH, wsgi.tls.cert/key)")

@@ -38,6 +38,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import select
 import signal
 import sys
 from time import monotonic
@@ -52,7 +53,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger, LoggingFile, LogLevel
 from zope.interface import implementer
 
-from . import compat, systemd
+from . import compat, metrics, systemd
 from .config import ConfigError, Settings
 from .logs import banner, logger, on_sigusr1, set_level, start_logging
 from .server import describe, from_systemd, listening_endpoint, take_stop_signals
@@ -62,7 +63,11 @@ log = logger("yimmo.proc")
 EXIT_START = 3  # a server process that cannot start (bad app, bad setting): no retry
 MIN_LIFETIME = 2.0  # seconds: a process dying sooner died "at start-up"
 KILL_MARGIN = 5.0  # seconds past the grace period before SIGKILL
-CONTROL_FD = 3  # server process -> manager: "ready", "error: ..." or "recycle: ..."
+# server process -> manager: "ready", "error: ...", "recycle: ...", "metrics: {...}"...
+# (and manager -> server process, on its stdin: "metrics")
+CONTROL_FD = 3
+SCRAPE_TIMEOUT = 2.0  # seconds a server process has to send its metrics
+REPORT_TIMEOUT = 5.0  # seconds a line to the manager may wait for room in the pipe
 FIRST_SOCKET_FD = 4
 
 
@@ -84,6 +89,8 @@ class ServerProcess(ProcessProtocol):
         # its access log and stderr are not log_level's to drop.
         self._log = Logger(namespace="yimmo.process.%d" % slot)
         self.ended: defer.Deferred[Any] = defer.Deferred()
+        self.metrics: Optional[Dict[str, Any]] = None  # its latest snapshot (metrics.py)
+        self._scrapes: List[defer.Deferred[None]] = []  # waiting for the next one
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         if fd != CONTROL_FD:
@@ -100,6 +107,11 @@ class ServerProcess(ProcessProtocol):
                 self.error = text[len("error: "):]
             elif text.startswith("recycle: "):
                 self.manager.recycle(self, text[len("recycle: "):])
+            elif text.startswith("metrics: "):
+                self.metrics = json.loads(text[len("metrics: "):])
+                scrapes, self._scrapes = self._scrapes, []
+                for d in scrapes:
+                    d.callback(None)
             elif text.startswith("watch: ") and self.manager.reloader is not None:
                 self.manager.reloader.watch(json.loads(text[len("watch: "):]))
 
@@ -113,6 +125,14 @@ class ServerProcess(ProcessProtocol):
         level = LogLevel.info if fd == 1 else LogLevel.warn
         for line in lines:
             self._log.emit(level, "{line}", line=line.decode("utf-8", "replace"))
+
+    def scrape(self) -> "defer.Deferred[None]":
+        """Ask for a snapshot of the process's metrics: fires once ``metrics`` has it."""
+        d: defer.Deferred[None] = defer.Deferred()
+        self._scrapes.append(d)
+        if len(self._scrapes) == 1 and self.transport is not None:
+            self.transport.writeToChild(0, b"metrics\n")
+        return d
 
     def signal(self, name: Union[str, int]) -> None:
         try:
@@ -130,6 +150,9 @@ class ServerProcess(ProcessProtocol):
         sig = getattr(reason.value, "signal", None)
         for fd in list(self._output):
             self._relay(fd, b"", end=True)
+        scrapes, self._scrapes = self._scrapes, []
+        for d in scrapes:  # it will not answer: its last snapshot counts
+            d.callback(None)
         if not self.ready.called:
             self.ready.errback(RuntimeError(self.error or "exited at start-up"))
         self.manager._ended(self, code, sig)
@@ -181,6 +204,10 @@ class Manager(service.Service):
         self.reactor_name: Optional[str] = None  # what the server processes install
         self.announced = False  # systemd told READY=1 (the first start is over)
         self.reloader: Optional[Any] = None  # reload.Reloader, with the reload setting
+        self.totals = metrics.Totals()  # the counters of the processes that have ended
+        self.restarts = 0  # server processes started again after dying
+        self.reloads = 0
+        self.metrics_port: Any = None
 
     # -- start ---------------------------------------------------------------------
 
@@ -205,6 +232,11 @@ class Manager(service.Service):
             self.sockets.append((port.fileno(), port.addressFamily, description))
             log.info("manager holds {address} for {n} server processes",
                      address=describe(port), n=self.settings.no_proc)
+        if self.settings.metrics_listen is not None:
+            self.metrics_port = yield metrics.listen(self.reactor, self.settings.metrics_listen,
+                                                     self.scrape)
+            log.info("metrics of the server processes on {address}",
+                     address=describe(self.metrics_port))
         banner(log, self.settings, self.role(), [describe(p) for p in self.ports])
         if self.settings.reload:
             from .reload import Reloader  # imports nothing of watchfiles' until it watches
@@ -289,6 +321,7 @@ class Manager(service.Service):
     # -- deaths --------------------------------------------------------------------
 
     def _ended(self, proc: ServerProcess, code: Optional[int], sig: Optional[int]) -> None:
+        self.totals.process_ended(proc.metrics)
         if proc in self.retiring:
             self.retiring.remove(proc)
         if self.procs.get(proc.slot) is not proc:
@@ -308,6 +341,7 @@ class Manager(service.Service):
                                                       ": " + proc.error if proc.error else ""))
         log.warn("server process {slot} (pid {pid}) died ({how}); starting another",
                  slot=proc.slot, pid=proc.pid, how=how)
+        self.restarts += 1
         self._spawn(proc.slot)
 
     def _give_up(self, why: str) -> None:
@@ -326,6 +360,7 @@ class Manager(service.Service):
         if self.reloading or self.stopping:
             return
         self.reloading = True
+        self.reloads += 1
         systemd.reloading()
         log.info("{why}: replacing {n} server processes", why=why, n=len(self.procs))
         try:
@@ -393,6 +428,23 @@ class Manager(service.Service):
         kill = self.reactor.callLater(self.settings.grace + KILL_MARGIN, self._kill, [proc])
         proc.ended.addCallback(lambda _: kill.cancel() if kill.active() else None)
 
+    # -- metrics -------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def scrape(self):
+        """The sum of the server processes' metrics (metrics.py), and the manager's own."""
+        live = [p for p in self._live() if p.is_ready and not p.ended.called]
+        # A process that does not answer in time (a hung reactor) counts with the last
+        # snapshot it gave.
+        yield defer.DeferredList([p.scrape().addTimeout(SCRAPE_TIMEOUT, self.reactor)
+                                  for p in live], consumeErrors=True)
+        # Those that ended meanwhile are in self.totals already.
+        total = self.totals.sum([p.metrics for p in live
+                                 if p.metrics is not None and not p.ended.called])
+        total.update(processes=len(self.procs), restarts=self.restarts, reloads=self.reloads,
+                     recycles=dict(self.recycles))
+        return total
+
     # -- stop ----------------------------------------------------------------------
 
     def stopService(self):
@@ -408,6 +460,8 @@ class Manager(service.Service):
                 compat.stop_adopted(port)
             else:
                 port.stopListening()
+        if self.metrics_port is not None:
+            self.metrics_port.stopListening()
         procs = self._live()
         for proc in procs:
             proc.retire()
@@ -439,10 +493,20 @@ class Manager(service.Service):
 
 @implementer(IHalfCloseableProtocol)
 class _Control(Protocol):
-    """The manager's pipes: stdin's end means the manager is gone."""
+    """The manager's pipes: stdin's end means the manager is gone; on it, the manager
+    asks for the process's metrics."""
 
-    def __init__(self, reactor) -> None:
+    def __init__(self, reactor, server) -> None:
         self.reactor = reactor
+        self.server = server
+        self._pending = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self._pending += data
+        while b"\n" in self._pending:
+            line, _, self._pending = self._pending.partition(b"\n")
+            if line == b"metrics":
+                _report("metrics: " + json.dumps(metrics.snapshot(self.server)))
 
     def readConnectionLost(self) -> None:
         self.connectionLost(None)
@@ -459,10 +523,17 @@ class _Control(Protocol):
 
 
 def _report(line: str) -> None:
-    try:
-        os.write(CONTROL_FD, (line + "\n").encode("utf-8", "replace"))
-    except OSError:
-        pass
+    """One line to the manager, whole: the pipe is non-blocking (StandardIO's), and a
+    metrics snapshot may not fit in what is left of its buffer."""
+    data = (line + "\n").encode("utf-8", "replace")
+    deadline = monotonic() + REPORT_TIMEOUT
+    while data and monotonic() < deadline:
+        try:
+            data = data[os.write(CONTROL_FD, data):]
+        except BlockingIOError:
+            select.select([], [CONTROL_FD], [], REPORT_TIMEOUT)
+        except OSError:
+            return  # the manager is gone
 
 
 def server_process_main(argv: List[str]) -> None:
@@ -509,7 +580,7 @@ def server_process_main(argv: List[str]) -> None:
     except ConfigError as e:  # access_log_file, which the manager could open
         _report("error: %s" % e)
         sys.exit(EXIT_START)
-    control = _Control(reactor)
+    control = _Control(reactor, server)
     exit_code = [0]  # set by failed()
 
     def started(_) -> None:
@@ -538,6 +609,9 @@ def server_process_main(argv: List[str]) -> None:
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     reactor.run()
+    if settings.metrics_listen is not None:
+        # The last counts, after the drain: the manager carries them on.
+        _report("metrics: " + json.dumps(metrics.snapshot(server)))
     sys.exit(exit_code[0])
 
 

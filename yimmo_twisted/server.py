@@ -7,10 +7,11 @@ in each server process of the manager, see proc.py).
 
 from __future__ import annotations
 
+import collections
 import signal
 import socket
 from time import monotonic
-from typing import Any, Callable, List, Optional, Set, Tuple, cast
+from typing import Any, Callable, Counter, List, Optional, Set, Tuple, cast
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, task
@@ -22,13 +23,14 @@ from twisted.python.failure import Failure
 from twisted.protocols.policies import WrappingFactory
 from zope.interface import directlyProvides, implementer, providedBy
 
-from . import __version__, compat
+from . import __version__, compat, metrics
 from .compat import HAProxyProtocolWrapper
 from .config import Settings, split_endpoint
 from .context import ErrorStream, FileWrapper
 from .exchange import SERVER_SOFTWARE
 from .forwarded import Trusted
 from .logs import AccessLog, logger, on_sigusr1
+from .metrics import Tally
 from .recycle import Watchdog
 from .session import _IDLE, HTTPSession
 from .websockets import Bridge
@@ -78,6 +80,7 @@ class SessionFactory(Factory):
         self.base_environ = base_environ
 
     def buildProtocol(self, addr) -> HTTPSession:
+        self.server.connections += 1
         return HTTPSession(self.server, self.base_environ)
 
     def acceptableProtocols(self) -> List[bytes]:
@@ -199,6 +202,14 @@ class Server(service.Service):
                                     path=settings.access_log_file)
             self.pool.access = self.access.record
         self.websockets = Bridge(self)  # after the access log: it logs sessions there
+        # Counted always (an addition each), shown by the metrics (metrics.py).
+        self.connections = 0
+        self.received = 0  # bytes, on HTTP connections
+        self.refused: Counter[int] = collections.Counter()  # by status
+        if settings.metrics_listen is not None:
+            for worker in self.pool.workers:
+                worker.tally = Tally()
+        self.metrics_port: Any = None
         self.ports: List = []
         self.systemd_ports: List = []  # of self.ports, systemd's: kept listening at the stop
         self.base_environ = {
@@ -290,6 +301,11 @@ class Server(service.Service):
         self._sweep.clock = self.reactor
         self._sweep.start(interval, now=False)
         self.watchdog.start()
+        if s.metrics_listen is not None and self.adopted is None:
+            # (Under a manager, the manager serves the sum of its processes' metrics.)
+            self.metrics_port = yield metrics.listen(
+                self.reactor, s.metrics_listen, lambda: defer.succeed(metrics.snapshot(self)))
+            log.info("metrics on {address}", address=describe(self.metrics_port))
 
     def _check_timeouts(self) -> None:
         now = self.now()
@@ -327,6 +343,8 @@ class Server(service.Service):
         for proxied in list(self.awaiting_header):
             proxied.abortConnection()
         self.websockets.abort()
+        if self.metrics_port is not None:  # scraped to the end of the drain
+            yield self.metrics_port.stopListening()
         self.pool.uninstall()
         # Workers still in the app past the grace period are not waited for (daemons).
         self.pool.stop(max(0.1, self._deadline - self.now()))

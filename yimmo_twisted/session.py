@@ -240,6 +240,7 @@ class HTTPSession(Protocol, Channel):
     def dataReceived(self, data: bytes) -> None:
         if self._stopped:
             return  # after a refusal: input is drained and dropped
+        self.server.received += len(data)
         self._reader.feed(data)
         self._read_events()
 
@@ -494,6 +495,7 @@ class HTTPSession(Protocol, Channel):
         else:
             log.info("refusing a request: {status} {reason}", status=status, reason=reason)
         self._stopped = True
+        self.server.refused[status] += 1
         access = self.server.access
         if access is not None:
             access.refused(self._base["REMOTE_ADDR"], status)

@@ -416,6 +416,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self.status = 101  # autobahn has sent it
+        self.bridge.opened += 1
         early, self._early = self._early, []
         for data, end in early:
             self.perform(data, end)
@@ -424,6 +425,7 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         assert self.inbox is not None  # made by onConnect, before any message
+        self.bridge.messages_in += 1
         self.inbox.put(_ON_MESSAGE, payload,
                        YMO_WS_FLAG_FIN | (YMO_WS_OP_BINARY if isBinary else YMO_WS_OP_TEXT))
 
@@ -474,6 +476,8 @@ class WebSocketProtocol(WebSocketServerProtocol):
     def _send_frame(self, payload: bytes, flags: int) -> None:
         opcode = flags & _OPCODE
         fin = bool(flags & YMO_WS_FLAG_FIN)
+        if fin and opcode in (YMO_WS_OP_TEXT, YMO_WS_OP_BINARY, YMO_WS_OP_CONTINUATION):
+            self.bridge.messages_out += 1
         if opcode in (YMO_WS_OP_TEXT, YMO_WS_OP_BINARY):
             if fin:
                 self.sendMessage(payload, opcode == YMO_WS_OP_BINARY)
@@ -545,6 +549,8 @@ class Bridge:
         self.max_message_size = s.ws_max_message_size
         self.subprotocols = list(s.ws_subprotocols)
         self.protocols: set = set()
+        # For the metrics: sessions opened, messages received and sent.
+        self.opened = self.messages_in = self.messages_out = 0
         factory = WebSocketServerFactory(server=SERVER_SOFTWARE, reactor=server.reactor)
         origins = list(s.ws_origins)
         factory.setProtocolOptions(

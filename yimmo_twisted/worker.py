@@ -35,7 +35,7 @@ import threading
 from collections import deque
 from queue import SimpleQueue
 from time import monotonic
-from typing import Any, Callable, Deque, List, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Protocol, Union
 
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
@@ -44,6 +44,9 @@ from . import compat
 from .context import Context
 from .exchange import MORE, Exchange
 from .logs import logger
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .metrics import Tally
 
 log = logger("yimmo.worker")
 
@@ -194,6 +197,7 @@ class Worker(threading.Thread):
         self.current: object = None  # that exchange (or WebSocket callbacks), for recycle.py
         self.finished = 0
         self.sleeps = 0  # times this worker went to sleep and had to be woken
+        self.tally: Optional["Tally"] = None  # its requests, for the metrics (set before start)
 
     def wake(self) -> None:
         """Wake this worker if it sleeps (reactor thread).  An extra ring is harmless."""
@@ -205,6 +209,7 @@ class Worker(threading.Thread):
         app = self.pool.app
         emit = self.pool.handoff.emit
         access = self.pool.access
+        tally = self.tally
         take = self._take
         while True:
             exchange = take()
@@ -229,6 +234,8 @@ class Worker(threading.Thread):
                     context.run(app)
                     if access is not None:
                         access(context)
+                    if tally is not None:
+                        tally.record(context)
                 elif exchange.body is not None:
                     exchange.body.release()
             except BaseException:  # the worker outlives anything an app raises
@@ -442,6 +449,14 @@ class WorkerPool:
         self.flush()
         if self.handoff.pending:
             reactor.callFromThread(self.handoff.drain)
+
+    def queued(self) -> int:
+        """Work submitted and not yet taken by a worker."""
+        return len(self._batch) + sum(len(w.queue) for w in self.workers)
+
+    def busy(self) -> int:
+        """Workers running an exchange (or a WebSocket callback) now."""
+        return sum(1 for w in self.workers if w.started != 0.0)
 
     def hops(self) -> dict:
         """Thread hand-overs so far: how often a worker and the reactor had to be woken."""

@@ -287,6 +287,9 @@ OPTIONS = (
            "seconds from the first byte of a request head to its end (slow clients get 408)"),
     Option("read_timeout", _seconds, "YIMMO_READ_TIMEOUT", ("--read-timeout",),
            _w("read_timeout"), "seconds a request body may stall between two reads (408)"),
+    Option("send_timeout", _seconds, "YIMMO_SEND_TIMEOUT", ("--send-timeout",),
+           _w("send_timeout"), "seconds a response may wait for its client to read any of "
+           "it; then the connection is closed (the app writing it gets ClientDisconnected)"),
     Option("max_request_line", _size, "YIMMO_MAX_REQUEST_LINE", ("--max-request-line",),
            _w("max_request_line"), "bytes of the request target (414 beyond)"),
     Option("max_header_bytes", _size, "YIMMO_MAX_HEADER_BYTES", ("--max-header-bytes",),
@@ -423,6 +426,7 @@ class Settings:
     idle_timeout: float = 5.0  # as yimmo-wsgi
     header_timeout: float = 10.0
     read_timeout: float = 30.0
+    send_timeout: float = 60.0  # nginx's
     max_request_line: int = 8192
     max_header_bytes: int = 65536
     max_headers: int = 100

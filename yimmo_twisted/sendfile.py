@@ -68,11 +68,17 @@ class FileSender:
         self._socket: Optional[int] = None  # sendfile to it; None: write() blocks
         self._primed = False
         self._done: Optional[Callable[[int], None]] = None
+        self._progress: Callable[[], None] = lambda: None
 
-    def start(self, transport: Any, done: Callable[[int], None]) -> None:
-        """Send on ``transport`` (no producer registered), then ``done(end code)``, once."""
+    def start(self, transport: Any, done: Callable[[int], None],
+              progress: Optional[Callable[[], None]] = None) -> None:
+        """Send on ``transport`` (no producer registered), then ``done(end code)``, once;
+        ``progress()`` now and whenever some of the file is sent (the client reads)."""
         self._transport = transport
         self._done = done
+        if progress is not None:
+            self._progress = progress
+            progress()
         if SENDFILE:
             self._socket = compat.sendfile_socket(transport)
         transport.registerProducer(self, False)
@@ -113,6 +119,8 @@ class FileSender:
             self.offset += sent
             self.left -= sent
             budget -= sent
+        if budget < TURN:
+            self._progress()
         if self.left:
             compat.resume_when_writable(self._transport)
         else:
@@ -131,6 +139,7 @@ class FileSender:
         self.offset += len(data)
         self.left -= len(data)
         self._transport.write(data)
+        self._progress()
         if not self.left:
             self._finish(self.end)
 

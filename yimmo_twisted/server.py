@@ -296,7 +296,8 @@ class Server(service.Service):
         s = self.settings
         # One sweep for all deadlines costs less than a timer per request; it runs often
         # enough that the shortest timeout is kept to within a quarter of itself.
-        interval = min(1.0, s.idle_timeout, s.header_timeout, s.read_timeout, s.linger) / 4
+        interval = min(1.0, s.idle_timeout, s.header_timeout, s.read_timeout, s.send_timeout,
+                       s.linger) / 4
         self._sweep = LoopingCall(self._check_timeouts)
         self._sweep.clock = self.reactor
         self._sweep.start(interval, now=False)
@@ -310,7 +311,9 @@ class Server(service.Service):
     def _check_timeouts(self) -> None:
         now = self.now()
         for session in list(self.sessions):
-            if session.deadline is not None and now >= session.deadline:
+            deadline, send_deadline = session.deadline, session.send_deadline
+            if ((deadline is not None and now >= deadline)
+                    or (send_deadline is not None and now >= send_deadline)):
                 session.check_timeout(now)
         # The PROXY header is the first part of the request head: header_timeout holds
         # for it too, from the connection's first moment.

@@ -158,6 +158,9 @@ class HTTPSession(Protocol, Channel):
         # Timeouts: the deadline of the phase the connection is in (None: no timer runs).
         self.phase = _IDLE
         self.deadline: Optional[float] = None
+        # While the client reads nothing of a response (send_timeout): a timer of its own,
+        # as reading may go on meanwhile (pipelined requests) under the phase's timer.
+        self.send_deadline: Optional[float] = None
 
     # -- connection ------------------------------------------------------------------
 
@@ -232,6 +235,22 @@ class HTTPSession(Protocol, Channel):
         """No more output: wake a worker waiting to write, let queued exchanges be skipped."""
         Channel.shut(self)
         self.deadline = None
+
+    # -- the client reads (send_timeout) ------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full: the client has not read what was written."""
+        Channel.pauseProducing(self)
+        if self.send_deadline is None:
+            self.send_deadline = self._now() + self.settings.send_timeout
+
+    def resumeProducing(self) -> None:
+        self.send_deadline = None
+        Channel.resumeProducing(self)
+
+    def _file_progress(self) -> None:
+        """The file on its way got further (or starts): the client has until then."""
+        self.send_deadline = self._now() + self.settings.send_timeout
 
     # -- reading -----------------------------------------------------------------------
 
@@ -453,10 +472,12 @@ class HTTPSession(Protocol, Channel):
         assert exchange.file is not None  # FILE comes with one
         self._sending = exchange
         self.transport.unregisterProducer()
-        exchange.file.start(self.transport, lambda end: self._file_sent(exchange, end))
+        exchange.file.start(self.transport, lambda end: self._file_sent(exchange, end),
+                            self._file_progress)
 
     def _file_sent(self, exchange: Exchange, end: int) -> None:
         self._sending = None
+        self.send_deadline = None
         if exchange.file is not None:
             self.server.pool.submit(exchange.file)  # its close(), on a worker
         exchange.file = None
@@ -567,6 +588,13 @@ class HTTPSession(Protocol, Channel):
 
     def check_timeout(self, now: float) -> None:
         """Called by the server's sweep; acts when this session's deadline has passed."""
+        send_deadline = self.send_deadline
+        if send_deadline is not None and now >= send_deadline:
+            log.info("closing a connection: its client has read nothing of its response for "
+                     "{timeout:g} s (send_timeout)", timeout=self.settings.send_timeout)
+            self._drop("client does not read")
+            self.transport.abortConnection()
+            return
         deadline = self.deadline
         if deadline is None or now < deadline:
             return

@@ -81,7 +81,7 @@ class Head:
     """A request head that passed every check: what the session turns into an exchange."""
 
     __slots__ = ("method", "target", "http11", "headers", "keep_alive", "length",
-                 "chunked", "expect_continue", "upgrade")
+                 "chunked", "expect_continue", "upgrade", "has_body")
 
     def __init__(self, method: str, target: bytes, http11: bool,
                  headers: List[Tuple[bytes, bytes]], keep_alive: bool,
@@ -95,10 +95,7 @@ class Head:
         self.chunked = chunked
         self.expect_continue = expect_continue  # Expect: 100-continue, on a 1.1 request body
         self.upgrade = upgrade  # Upgrade with "Connection: upgrade" (RFC 9110 7.8)
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or self.length > 0
+        self.has_body = chunked or length > 0  # an attribute: read once per request
 
     def __repr__(self) -> str:
         return "<Head %s %r>" % (self.method, self.target[:80])
@@ -125,35 +122,48 @@ _METHODS: Dict[bytes, str] = {}  # bytes -> str, for the methods llhttp knows (a
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _DONE, _CLOSED = range(8)
 
 
-# The fields that decide framing and connection handling, by name length first: most
-# names are none of these, and len() is cheaper than lower().
+# The fields that decide framing and connection handling.
 _FRAMING = frozenset((b"host", b"content-length", b"transfer-encoding", b"expect",
                       b"connection", b"upgrade"))
 _FRAMING_LENGTHS = frozenset(len(name) for name in _FRAMING)
+# Name as sent -> its lower-case form when it is one of _FRAMING, else b"": one dict
+# look-up per field instead of len(), lower() and a set test.  Bounded, because names
+# are chosen by clients.
+_FRAMING_NAMES: Dict[bytes, bytes] = {}
+_FRAMING_NAMES_MAX = 1024
+
+
+def _framing_name(name: bytes) -> bytes:
+    lower = name.lower() if len(name) in _FRAMING_LENGTHS else b""
+    if lower not in _FRAMING:
+        lower = b""
+    if len(_FRAMING_NAMES) < _FRAMING_NAMES_MAX:
+        _FRAMING_NAMES[name] = lower
+    return lower
 
 
 class _Fields:
-    """httptools callbacks for one complete head."""
+    """
+    httptools callbacks for one complete head.  No on_url: the target is the request
+    line's, taken by _REQUEST_LINE (a callback less per request).
+    """
 
-    __slots__ = ("url", "headers", "framing", "complete", "clean")
+    __slots__ = ("headers", "framing", "complete", "clean")
 
     def __init__(self) -> None:
-        self.url = b""
         self.headers: List[Tuple[bytes, bytes]] = []
         self.framing: List[Tuple[bytes, bytes]] = []  # (lower-case name, value)
         self.complete = False  # headers complete
         self.clean = False  # the parser ended the message: it can read the next head
 
-    def on_url(self, url: bytes) -> None:
-        self.url += url  # once per head: the head is fed whole
-
     def on_header(self, name: bytes, value: bytes) -> None:
         # Counted once the head is parsed: its bytes bound how many fields it can hold.
         self.headers.append((name, value))
-        if len(name) in _FRAMING_LENGTHS:
-            lower = name.lower()
-            if lower in _FRAMING:
-                self.framing.append((lower, value))
+        lower = _FRAMING_NAMES.get(name)
+        if lower is None:
+            lower = _framing_name(name)
+        if lower:
+            self.framing.append((lower, value))
 
     def on_headers_complete(self) -> None:
         self.complete = True
@@ -249,26 +259,31 @@ class RequestReader:
     def _head(self) -> Event:
         buf = self._buf
         pos = self._pos
-        size = len(buf)
         # RFC 9112 2.2: empty lines before a request are ignored (the head timeout still
         # runs for them: in_head).
         while buf.startswith(b"\r\n", pos):
             pos += 2
-        self._pos = pos
+        size = len(buf)
         if pos >= size:
+            self._pos = pos
             return NEED_DATA
-        limits = self.limits
-        scanned = max(pos, self._scanned)  # bytes before this were looked at already
-        end = buf.find(b"\r\n\r\n", max(pos, scanned - 3))
         # A bare LF anywhere in the head is refused as soon as it arrives, wherever the
         # reads cut it: each byte is looked at once (a head sent a byte at a time costs
-        # linear time), and a CRLF across the cut is still one.
+        # linear time), and a CRLF (or the CRLF CRLF) across the cut is still one.
+        scanned = self._scanned  # bytes before this were looked at already
+        if scanned > pos:
+            end = buf.find(b"\r\n\r\n", max(pos, scanned - 3))
+            crlf_from = scanned - 1
+        else:
+            end = buf.find(b"\r\n\r\n", pos)  # the common case: all of it is new
+            scanned = crlf_from = pos
         stop = size if end < 0 else end + 4
-        if buf.count(b"\n", scanned, stop) != buf.count(
-                b"\r\n", scanned - 1 if scanned > pos else scanned, stop):
+        if buf.count(b"\n", scanned, stop) != buf.count(b"\r\n", crlf_from, stop):
             raise HTTPError(400, "a bare LF in the request head")
         if end < 0:
+            self._pos = pos
             self._scanned = size
+            limits = self.limits
             line_max = limits.max_request_line + _LINE_SLACK
             line_end = buf.find(b"\n", pos, pos + line_max + 2)
             if line_end < 0:
@@ -277,12 +292,11 @@ class RequestReader:
             elif size - line_end > limits.max_header_bytes + 2:
                 raise HTTPError(431, "header fields over %d bytes" % limits.max_header_bytes)
             return NEED_DATA
-        end += 4
-        self._pos = end
+        self._pos = stop
         self._scanned = 0
-        if pos == 0 and end == size and type(buf) is bytes:
+        if stop == size and not pos and type(buf) is bytes:
             return self._check(buf)  # the read is this head: no copy
-        return self._check(bytes(memoryview(buf)[pos:end]))
+        return self._check(bytes(memoryview(buf)[pos:stop]))
 
     def _check(self, head: bytes) -> Head:
         """Every rule a complete head must pass; its Head."""
@@ -297,12 +311,12 @@ class RequestReader:
             raise HTTPError(414, "request target over %d bytes" % limits.max_request_line)
         if len(head) - line.end() - 2 > limits.max_header_bytes:
             raise HTTPError(431, "header fields over %d bytes" % limits.max_header_bytes)
-        if version != b"1.1" and version != b"1.0":
+        http11 = version == b"1.1"
+        if not http11 and version != b"1.0":
             raise HTTPError(505)
         fields = self._fields
         if fields.clean:
             # The parser ended its last message: it reads the next one.
-            fields.url = b""
             fields.headers = []
             fields.framing = []
             fields.complete = fields.clean = False
@@ -328,7 +342,6 @@ class RequestReader:
         method = _METHODS.get(raw_method)
         if method is None:
             method = _METHODS[raw_method] = raw_method.decode("ascii")  # llhttp knows it
-        http11 = version == b"1.1"
         if method == "CONNECT":
             raise HTTPError(501, "CONNECT is not supported")
         if target == b"*":

@@ -286,3 +286,17 @@ def test_websocket_session_line_in_json(serve):
             ws.recv(timeout=5)
     assert server.wait_exit() == 0
     assert record("/at-shutdown")["close_code"] == 1001
+
+
+@pytest.mark.parametrize("no_proc", ["1", "2"])
+def test_sigusr1_without_a_file_is_logged_not_fatal(serve, no_proc):
+    """logrotate's SIGUSR1 (say, for another log) reaching a server that logs to stdout:
+    its default action would kill the process."""
+    server = serve("apps:hello", "-p", no_proc, "-t", "1")
+    if no_proc == "2":
+        server.wait_for_output(r"(server process \d ready[\s\S]*){2}", 15)
+    server.signal(signal.SIGUSR1)
+    server.wait_for_output("SIGUSR1: no access_log_file to reopen", 5)
+    time.sleep(0.3)
+    assert server.alive() and server.get("/").status == 200
+    assert "died" not in server.output()

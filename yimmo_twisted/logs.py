@@ -99,6 +99,10 @@ def on_sigusr1(reactor, action: Callable[[], None]) -> None:
         pass  # not the main thread: the signal is not ours to take
 
 
+def nothing_to_reopen() -> None:
+    log.info("SIGUSR1: no access_log_file to reopen")
+
+
 # -- access log --------------------------------------------------------------------------
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

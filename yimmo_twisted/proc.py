@@ -55,7 +55,7 @@ from zope.interface import implementer
 
 from . import compat, metrics, systemd
 from .config import ConfigError, Settings
-from .logs import banner, logger, on_sigusr1, set_level, start_logging
+from .logs import banner, logger, nothing_to_reopen, on_sigusr1, set_level, start_logging
 from .server import describe, from_systemd, listening_endpoint, take_stop_signals
 
 log = logger("yimmo.proc")
@@ -249,6 +249,8 @@ class Manager(service.Service):
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         if self.settings.access_log_file is not None and self.settings.access_log != "off":
             on_sigusr1(self.reactor, self.reopen_logs)
+        else:
+            on_sigusr1(self.reactor, nothing_to_reopen)
         for slot in range(self.settings.no_proc):
             self._spawn(slot)
 

@@ -29,7 +29,7 @@ from .config import Settings, split_endpoint
 from .context import ErrorStream, FileWrapper
 from .exchange import SERVER_SOFTWARE
 from .forwarded import Trusted
-from .logs import AccessLog, logger, on_sigusr1
+from .logs import AccessLog, logger, nothing_to_reopen, on_sigusr1
 from .metrics import Tally
 from .recycle import Watchdog
 from .session import _IDLE, HTTPSession
@@ -275,8 +275,12 @@ class Server(service.Service):
         self.pool.install(self.reactor)
         if self.access is not None:
             self.access.start()
-            if self.access.path is not None:
-                on_sigusr1(self.reactor, self.access.reopen)
+        if self.access is not None and self.access.path is not None:
+            on_sigusr1(self.reactor, self.access.reopen)
+        elif self.adopted is None:
+            # A logrotate sending SIGUSR1 must not kill the server (its default action):
+            # the manager sends it on to its processes only with a file to reopen.
+            on_sigusr1(self.reactor, nothing_to_reopen)
         if self.adopted is not None:
             for fd, family, description in self.adopted:
                 port = self._adopt(fd, family, description)

@@ -57,6 +57,17 @@ def test_proxy_header_a_few_bytes_at_a_time(serve, version):
     assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"]) == ("203.0.113.7", "40000")
 
 
+@pytest.mark.parametrize("line", [b"PROXY UNKNOWN\r\n", b"PROXY UNKNOWN \r\n",
+                                  b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n"])
+def test_proxy_unknown_keeps_the_connections_own_address(serve, line):
+    """v1's UNKNOWN (HAProxy's health checks send it bare): the spec has the receiver
+    ignore the rest of the line and use the connection's own addresses."""
+    server = serve("apps:environ_app", "--listen", "haproxy:" + LOCAL, listen=False)
+    with server.connect() as c:
+        c.send(line + rawhttp.request())
+        assert c.read_response().json()["REMOTE_ADDR"] == "127.0.0.1"
+
+
 def test_sigterm_closes_a_connection_waiting_for_its_proxy_header(serve):
     server = serve("proc_apps:slow", "--grace", "30", "--listen", "haproxy:" + LOCAL,
                    listen=False)

@@ -92,6 +92,7 @@ class SessionFactory(Factory):
 
 # How a PROXY header begins: v1's line, v2's signature (12 bytes).
 PROXY_V1_START = b"PROXY"
+PROXY_V1_BARE_UNKNOWN = b"PROXY UNKNOWN\r\n"
 PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 # Bytes enough to tell a header of either version from none: v2's fixed part, its
 # shortest header.  A whole v1 line may be shorter (the spec's "PROXY UNKNOWN\r\n").
@@ -144,6 +145,10 @@ class ProxiedSession(HAProxyProtocolWrapper):
                 self._head = data
                 return
             self._head = None
+            if data.startswith(PROXY_V1_BARE_UNKNOWN):
+                # HAProxy's health checks send this line; Twisted's parser wants a space
+                # after UNKNOWN, which the spec allows but does not ask for.
+                data = PROXY_V1_BARE_UNKNOWN[:-2] + b" \r\n" + data[len(PROXY_V1_BARE_UNKNOWN):]
         rest = compat.read_proxy_header(self, super().dataReceived, data)
         if rest is not None and not self.disconnecting:
             self._started = True

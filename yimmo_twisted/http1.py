@@ -148,11 +148,14 @@ class _Fields:
     line's, taken by _REQUEST_LINE (a callback less per request).
     """
 
-    __slots__ = ("headers", "framing", "complete", "clean")
+    __slots__ = ("headers", "hosts", "framing", "complete", "clean")
 
     def __init__(self) -> None:
         self.headers: List[Tuple[bytes, bytes]] = []
-        self.framing: List[Tuple[bytes, bytes]] = []  # (lower-case name, value)
+        self.hosts = 0  # Host fields
+        # (lower-case name, value) of the other fields that decide framing and connection
+        # handling: most requests have none, and then _check skips their analysis.
+        self.framing: List[Tuple[bytes, bytes]] = []
         self.complete = False  # headers complete
         self.clean = False  # the parser ended the message: it can read the next head
 
@@ -163,7 +166,10 @@ class _Fields:
         if lower is None:
             lower = _framing_name(name)
         if lower:
-            self.framing.append((lower, value))
+            if lower == b"host":
+                self.hosts += 1
+            else:
+                self.framing.append((lower, value))
 
     def on_headers_complete(self) -> None:
         self.complete = True
@@ -318,6 +324,7 @@ class RequestReader:
         if fields.clean:
             # The parser ended its last message: it reads the next one.
             fields.headers = []
+            fields.hosts = 0
             fields.framing = []
             fields.complete = fields.clean = False
         else:
@@ -349,15 +356,26 @@ class RequestReader:
                 raise HTTPError(400, "the asterisk form is for OPTIONS only")  # RFC 9112 3.2.4
         elif b"#" in target:
             raise HTTPError(400, "a fragment in the request target")  # RFC 9112 3.2
-        host = length = 0
+        hosts = fields.hosts
+        if hosts != 1 and (hosts or http11):
+            raise HTTPError(400, "more than one Host header" if hosts else "missing Host header")
+        if fields.framing:
+            return self._framed(method, target, http11, fields)
+        # The common case: no field but Host bears on the framing or the connection, so
+        # no body, and the connection persists for 1.1 only (RFC 9112 9.3).
+        self._state = _DONE
+        self._keep_alive = http11
+        return Head(method, target, http11, fields.headers, http11, 0, False, False, False)
+
+    def _framed(self, method: str, target: bytes, http11: bool, fields: _Fields) -> Head:
+        """The Head of a request with framing fields other than Host (_check's end)."""
+        length = 0
         te: List[bytes] = []
         connection: List[bytes] = []
         expect = None
         upgrade = False
         for name, value in fields.framing:
-            if name == b"host":
-                host += 1
-            elif name == b"content-length":
+            if name == b"content-length":
                 length = int(value)  # digits only, and one of them: llhttp checked
             elif name == b"transfer-encoding":
                 te.append(value)
@@ -367,8 +385,6 @@ class RequestReader:
                 expect = value
             else:
                 upgrade = True
-        if host != 1 and (host or http11):
-            raise HTTPError(400, "more than one Host header" if host else "missing Host header")
         chunked = False
         if te:
             if not http11:
@@ -383,8 +399,9 @@ class RequestReader:
             self._state = _CHUNK_SIZE
             self._body_size = 0
         elif length:
-            if length > limits.max_body_size:
-                raise HTTPError(413, "the body exceeds %d bytes" % limits.max_body_size)
+            max_body_size = self.limits.max_body_size
+            if length > max_body_size:
+                raise HTTPError(413, "the body exceeds %d bytes" % max_body_size)
             self._state = _LENGTH
             self._remaining = length
         else:

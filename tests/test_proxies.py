@@ -88,16 +88,19 @@ def nginx(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
 
 @pytest.fixture
-def haproxy(tmp_path: Path) -> Iterator[Callable[[str], ServerProcess]]:
-    """Factory: ``haproxy(upstream)`` runs HAProxy with examples/deploy/haproxy.cfg,
-    health checks every 100 ms; stopped at teardown."""
+def haproxy(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Factory: ``haproxy(upstream, http_checks=True)`` runs HAProxy with
+    examples/deploy/haproxy.cfg, health checks every 100 ms; stopped at teardown."""
     if HAPROXY is None:
         pytest.skip("haproxy is not installed (apt-get install haproxy)")
     started: List[ServerProcess] = []
 
-    def start(upstream: str) -> ServerProcess:
+    def start(upstream: str, http_checks: bool = True) -> ServerProcess:
         port = free_port()
         conf = (DEPLOY / "haproxy.cfg").read_text()
+        if not http_checks:
+            conf = re.sub(r"(?m)^ *(option httpchk|http-check)\b.*\n", "", conf)
+            assert "httpchk" not in conf, conf
         conf = (conf.replace("@LISTEN@", "127.0.0.1:%d" % port)
                 .replace("@UPSTREAM@", upstream).replace("@CHECK_INTERVAL@", "100ms"))
         assert not PLACEHOLDER.search(conf), conf
@@ -204,22 +207,27 @@ def test_nginx_streams_a_100_mb_upload_in_bounded_memory(nginx, serve):
 
 # -- HAProxy and the PROXY protocol ----------------------------------------------------
 
-def test_haproxy_passes_the_client_address_with_proxy_v2(haproxy, serve):
+@pytest.mark.parametrize("checks", ["httpchk", "tcp"])
+def test_haproxy_passes_the_client_address_with_proxy_v2(haproxy, serve, checks):
     # Not tcp:0: HAProxy's file needs the port before the server runs.
     port = free_port()
     server = serve("apps:environ_app", "--listen", "haproxy:tcp:%d:interface=127.0.0.1" % port,
-                   listen=False)
-    proxy = haproxy("127.0.0.1:%d" % port)
+                   "--metrics-listen", LOCAL, listen=False)
+    # "tcp": the file without its HTTP checks, HAProxy's plain ones (connect, send the
+    # PROXY header, close).
+    proxy = haproxy("127.0.0.1:%d" % port, http_checks=checks == "httpchk")
     with rawhttp.connect(proxy.port) as c:
         client = c.sock.getsockname()
         c.send(rawhttp.request("GET", "/"))
         env = c.read_response().json()
     # The header's source, the client as HAProxy saw it: its port too, not HAProxy's own.
     assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == (client[0], str(client[1]))
-    # The health checks (every 100 ms, PROXY header first, GET /healthz) are answered
-    # as any request, and log nothing but their access log lines.
-    checks = wait_for(lambda: server.output().count('"GET /healthz HTTP/1.1" 200') >= 5, 5)
-    assert checks, server.output()
+    # The health checks, every 100 ms, each on a connection of its own: answered as any
+    # request (the HTTP ones), and logging nothing but their access log lines.
+    metrics = metrics_port(server)
+    assert wait_for(lambda: value(scrape(metrics), "yimmo_connections_total") >= 6, 5)
+    if checks == "httpchk":
+        assert '"GET /healthz HTTP/1.1" 200' in server.output(), server.output()
     # Twisted's log levels as yimmo writes them ("[yimmo.server#warn]"), and tracebacks.
     problems = re.findall(r".*(?:#(?:warn|error|critical)\]|Traceback|Unhandled).*",
                           server.output())

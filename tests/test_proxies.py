@@ -213,6 +213,30 @@ def test_nginx_streams_a_100_mb_upload_in_bounded_memory(nginx, serve, framing):
     assert growth < 30 * 1024, "RSS grew by %d KiB" % growth
 
 
+def test_nginx_streams_a_100_mb_download_to_a_slow_client_in_bounded_memory(nginx, serve):
+    server = serve("apps:app", *QUIET)
+    proxy = nginx("127.0.0.1:%d" % server.port)
+    assert rawhttp.get(proxy.port, "/").status == 200  # the server warmed up
+    rss_before = _rss_kib(server.proc.pid)
+    size = 100 << 20
+    with rawhttp.connect(proxy.port, timeout=30) as c:
+        c.send(rawhttp.request("GET", "/big?size=%d&cl=1" % size))
+        assert c.read_head()[1] == 200
+        got = 0
+        while got < 1 << 20:
+            got += len(c.read_some())
+        # The client stops reading: nginx (proxy_buffering off) stops reading from
+        # yimmo, whose worker must then wait, not pile the app's blocks up in memory.
+        time.sleep(1.0)
+        while got < size:
+            data = c.read_some()
+            assert data, "closed after %d bytes" % got
+            got += len(data)
+    assert got == size
+    growth = _rss_kib(server.proc.pid, "VmHWM") - rss_before
+    assert growth < 30 * 1024, "RSS grew by %d KiB" % growth
+
+
 # -- HAProxy and the PROXY protocol ----------------------------------------------------
 
 @pytest.mark.parametrize("checks", ["httpchk", "tcp"])

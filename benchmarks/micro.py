@@ -4,28 +4,30 @@ without sockets or threads: a real Server and HTTPSession on a StringTransport, 
 inline on this thread (the pool is not started: its queue is emptied here), bytes fed one
 request per dataReceived as wrk sends them.
 
-    python benchmarks/micro.py                       # the checkout's yimmo_twisted
-    PYTHONPATH=/tmp/old python benchmarks/micro.py   # another one (a git worktree)
+    python benchmarks/micro.py                      # the yimmo_twisted that imports
+    python benchmarks/micro.py /tmp/old /work/main  # checkouts (git worktrees), compared
 
 For each request kind it prints µs/request of ``dataReceived`` alone (reader, exchange,
 dispatch) and of the full inline path (that, plus Context.run of the app, the handoff's
 drain, the write and the exchange's end).  The best of ``--repeat`` runs of ``--number``
 requests each: the minimum is the least disturbed by other processes on the machine.
+Checkouts are loaded side by side in this one process and their runs interleaved, so
+that a noisy machine slows them alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib
+import importlib.util
+import os
+import sys
 from time import perf_counter
-from typing import Callable, Dict, List
+from types import ModuleType
+from typing import Callable, Dict, List, Optional
 
 from twisted.internet.testing import StringTransport
-
-from yimmo_twisted.config import Settings
-from yimmo_twisted.context import Context
-from yimmo_twisted.server import Server
-from yimmo_twisted.session import HTTPSession
 
 # What wrk sends, and a browser-like request with the usual dozen header fields.
 REQUESTS: Dict[str, bytes] = {
@@ -70,18 +72,44 @@ class Reactor:
             fn(*args)
 
 
-def connection():
+class Tree:
+    """The modules of one yimmo_twisted: the importable one, or a checkout's by path."""
+
+    def __init__(self, root: Optional[str] = None) -> None:
+        self.name = root or "yimmo_twisted"
+        package = "yimmo_twisted"
+        if root is not None:
+            # Under a name of its own, so that several checkouts load side by side (the
+            # package imports itself relatively).
+            package = "yimmo_%d" % len([m for m in sys.modules if m.startswith("yimmo_")])
+            path = os.path.join(root, "yimmo_twisted")
+            spec = importlib.util.spec_from_file_location(
+                package, os.path.join(path, "__init__.py"), submodule_search_locations=[path])
+            assert spec is not None and spec.loader is not None, root
+            sys.modules[package] = module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+
+        def sub(name: str) -> ModuleType:
+            return importlib.import_module(package + "." + name)
+        self.Settings = sub("config").Settings
+        self.Context = sub("context").Context
+        self.Server = sub("server").Server
+        self.HTTPSession = sub("session").HTTPSession
+
+
+def connection(tree: Tree):
     reactor = Reactor()
-    server = Server(hello, Settings(access_log="off"), reactor)
+    server = tree.Server(hello, tree.Settings(access_log="off"), reactor)
     transport = StringTransport()
-    session = HTTPSession(server)
+    session = tree.HTTPSession(server)
     session.makeConnection(transport)
     return reactor, server, transport, session
 
 
-def run(request: bytes, number: int, full: bool) -> float:
+def run(tree: Tree, request: bytes, number: int, full: bool) -> float:
     """Seconds for ``number`` requests; with ``full`` False, only their dataReceived."""
-    reactor, server, transport, session = connection()
+    reactor, server, transport, session = connection(tree)
+    Context = tree.Context
     pool = server.pool
     queue = pool.workers[0].queue
     emit = pool.handoff.emit
@@ -110,20 +138,32 @@ def run(request: bytes, number: int, full: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("trees", nargs="*", metavar="CHECKOUT",
+                        help="directories holding a yimmo_twisted/ (default: the importable one)")
     parser.add_argument("--number", type=int, default=20000, help="requests per run")
     parser.add_argument("--repeat", type=int, default=7, help="runs; the best is shown")
     args = parser.parse_args()
+    trees = [Tree(root) for root in args.trees] or [Tree()]
     # perf_counter's own cost, taken off the dataReceived-alone figure.
     t0 = perf_counter()
     for _ in range(args.number):
         perf_counter()
     overhead = (perf_counter() - t0) / args.number
-    print("%-8s %18s %12s" % ("request", "dataReceived µs", "full µs"))
-    for name, request in REQUESTS.items():
-        alone = min(run(request, args.number, False) for _ in range(args.repeat))
-        full = min(run(request, args.number, True) for _ in range(args.repeat))
-        print("%-8s %18.2f %12.2f" % (
-            name, (alone / args.number - overhead) * 1e6, full / args.number * 1e6))
+    best: Dict[tuple, float] = {}
+    for _ in range(args.repeat):
+        for tree in trees:
+            for name, request in REQUESTS.items():
+                for full in (False, True):
+                    seconds = run(tree, request, args.number, full) / args.number
+                    key = (tree.name, name, full)
+                    best[key] = min(best.get(key, seconds), seconds)
+    width = max(len(tree.name) for tree in trees)
+    print("%-*s  %-8s %16s %8s" % (width, "checkout", "request", "dataReceived µs", "full µs"))
+    for tree in trees:
+        for name in REQUESTS:
+            print("%-*s  %-8s %16.2f %8.2f" % (
+                width, tree.name, name, (best[(tree.name, name, False)] - overhead) * 1e6,
+                best[(tree.name, name, True)] * 1e6))
 
 
 if __name__ == "__main__":

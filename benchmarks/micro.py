@@ -75,13 +75,16 @@ class Reactor:
 class Tree:
     """The modules of one yimmo_twisted: the importable one, or a checkout's by path."""
 
+    loaded = 0  # checkouts loaded so far, for their package names
+
     def __init__(self, root: Optional[str] = None) -> None:
         self.name = root or "yimmo_twisted"
         package = "yimmo_twisted"
         if root is not None:
             # Under a name of its own, so that several checkouts load side by side (the
             # package imports itself relatively).
-            package = "yimmo_%d" % len([m for m in sys.modules if m.startswith("yimmo_")])
+            package = "yimmo_checkout_%d" % Tree.loaded
+            Tree.loaded += 1
             path = os.path.join(root, "yimmo_twisted")
             spec = importlib.util.spec_from_file_location(
                 package, os.path.join(path, "__init__.py"), submodule_search_locations=[path])

@@ -54,11 +54,15 @@ def wait_gone(pids, timeout: float = 10.0) -> bool:
 
 
 class Load:
-    """``clients`` threads sending requests on fresh connections until stopped."""
+    """``clients`` threads sending requests on fresh connections until stopped (GET, or
+    ``method`` with ``body``)."""
 
-    def __init__(self, port: int, clients: int = 4, target: str = "/") -> None:
+    def __init__(self, port: int, clients: int = 4, target: str = "/", method: str = "GET",
+                 body: bytes = b"") -> None:
         self.port = port
         self.target = target
+        self.method = method
+        self.body = body
         self.ok: Dict[bytes, int] = collections.Counter()  # PID -> answered requests
         self.errors: List[str] = []
         self.running = True
@@ -69,7 +73,8 @@ class Load:
     def _run(self) -> None:
         while self.running:
             try:
-                r = rawhttp.get(self.port, self.target, timeout=10)
+                r = rawhttp.get(self.port, self.target, timeout=10, method=self.method,
+                                body=self.body)
                 if r.status == 200:
                     self.ok[r.body.split()[0]] += 1
                 else:

@@ -274,9 +274,9 @@ class MixedLoad:
     when one fails, and two sending POSTs, which it does not retry once sent: a kept-alive
     connection yimmo closed under a request would fail the POST (a 502)."""
 
-    def __init__(self, port: int) -> None:
-        self.loads = [Load(port, clients=2),
-                      Load(port, clients=2, method="POST", body=b"p" * 1000)]
+    def __init__(self, port: int, target: str = "/") -> None:
+        self.loads = [Load(port, clients=2, target=target),
+                      Load(port, clients=2, target=target, method="POST", body=b"p" * 1000)]
 
     def stop(self) -> None:
         for load in self.loads:
@@ -287,7 +287,7 @@ class MixedLoad:
         return [e for load in self.loads for e in load.errors]
 
     def answered(self, pid: int) -> int:
-        """Requests answered by the server process ``pid`` (the app: proc_apps:pid)."""
+        """Requests answered by the server process ``pid`` (the app: proc_apps')."""
         return sum(load.ok[b"%d" % pid] for load in self.loads)
 
     def pids(self) -> Set[int]:
@@ -322,12 +322,14 @@ def test_rolling_restart_behind_nginx_fails_no_request(nginx, serve):
     ports = [free_port() for _ in range(3)]
 
     def start(port: int) -> ServerProcess:
-        return serve("proc_apps:pid", "--grace", "5", "-t", "2", *QUIET,
+        return serve("proc_apps:slow", "--grace", "5", "-t", "2", *QUIET,
                      "--listen", "tcp:%d:interface=127.0.0.1" % port, listen=False)
 
     servers = [start(port) for port in ports]
     proxy = nginx(*("127.0.0.1:%d fail_timeout=1s" % port for port in ports))
-    load = MixedLoad(proxy.port)
+    # Requests of 50 ms, about one in flight on each server at a time: the drain at its
+    # SIGTERM finishes it.
+    load = MixedLoad(proxy.port, target="/?s=0.05")
     try:
         time.sleep(0.5)
         for i, port in enumerate(ports):

@@ -239,15 +239,23 @@ def test_nginx_streams_a_100_mb_download_to_a_slow_client_in_bounded_memory(ngin
 
 # -- HAProxy and the PROXY protocol ----------------------------------------------------
 
-@pytest.mark.parametrize("checks", ["httpchk", "tcp"])
-def test_haproxy_passes_the_client_address_with_proxy_v2(haproxy, serve, checks):
-    # Not tcp:0: HAProxy's file needs the port before the server runs.
-    port = free_port()
-    server = serve("apps:environ_app", "--listen", "haproxy:tcp:%d:interface=127.0.0.1" % port,
-                   "--metrics-listen", LOCAL, listen=False)
+@pytest.mark.parametrize("to, checks", [("tcp", "httpchk"), ("tcp", "tcp"),
+                                         ("unix", "httpchk")])
+def test_haproxy_passes_the_client_address_with_proxy_v2(haproxy, serve, tmp_path, to,
+                                                         checks):
+    if to == "tcp":
+        # Not tcp:0: HAProxy's file needs the port before the server runs.
+        port = free_port()
+        endpoint, address = "tcp:%d:interface=127.0.0.1" % port, "127.0.0.1:%d" % port
+    else:
+        path = str(tmp_path / "yimmo.sock")
+        endpoint, address = "unix:" + path, "unix@" + path
+    server = serve("apps:environ_app", "--listen", "haproxy:" + endpoint,
+                   "--metrics-listen", LOCAL, listen=False, wait=False)
+    server.wait_for_output("listening on (tcp|unix) ", timeout=10)
     # "tcp": the file without its HTTP checks, HAProxy's plain ones (connect, send the
     # PROXY header, close).
-    proxy = haproxy("127.0.0.1:%d" % port, http_checks=checks == "httpchk")
+    proxy = haproxy(address, http_checks=checks == "httpchk")
     with rawhttp.connect(proxy.port) as c:
         client = c.sock.getsockname()
         c.send(rawhttp.request("GET", "/"))

@@ -1,10 +1,12 @@
 """
 Behind real proxies: Debian's nginx and HAProxy, run from the deployment files users copy
-(examples/deploy/nginx.conf and haproxy.cfg, their placeholders filled in), in front of
-the real server.  Keep-alive upstream connections over TCP and a Unix socket, the client
-address from X-Forwarded-For and from the PROXY protocol, WebSockets, a 100 MB upload
-streamed in bounded memory, health checks, and no failed request across a SIGHUP reload
-or a rolling restart of the servers behind nginx.
+(examples/deploy/nginx.conf and haproxy.cfg, their placeholders filled in), as the
+current user, in front of the real server.  Keep-alive upstream connections over TCP and
+a Unix socket, the client address from X-Forwarded-For and from the PROXY protocol (v2,
+to TCP and Unix endpoints), WebSockets, 100 MB uploads and downloads streamed in bounded
+memory, health checks that log nothing, and no failed request across a SIGHUP reload or
+a rolling restart of the servers behind nginx.  Skipped when nginx or haproxy is not
+installed (.ci/run installs both).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Dict, Tuple
+from typing import Callable, Dict, Tuple
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -54,6 +54,18 @@ def scrape(port: int) -> Samples:
     return samples
 
 
+def scrape_when(port: int, ready: Callable[[Samples], bool], timeout: float = 5.0) -> Samples:
+    """The first page for which ``ready`` holds, else the last one.  A worker counts its
+    request once the response is handed over, so the client may see it a moment before
+    the page does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(port)
+        if ready(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.02)
+
+
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
@@ -77,7 +89,7 @@ def test_requests_latency_bytes_and_connections(serve):
         assert value(scrape(port), "yimmo_connections_open") == 1  # this one, kept alive
     # Refused by the server itself (no app ran): method "-"
     assert server.exchange(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n").status == 400
-    samples = scrape(port)
+    samples = scrape_when(port, lambda s: value(s, "yimmo_request_duration_seconds_count") == 7)
     assert requests(samples, "GET", "2xx") == 3
     assert requests(samples, "GET", "4xx") == 1
     assert requests(samples, "POST", "5xx") == 1
@@ -117,7 +129,7 @@ def test_in_flight_queued_and_busy_workers(serve):
     finally:
         for t in threads:
             t.join(10)
-    samples = scrape(port)
+    samples = scrape_when(port, lambda s: value(s, "yimmo_requests_in_flight") == 0)
     assert value(samples, "yimmo_requests_in_flight") == 0
     assert value(samples, "yimmo_workers_busy") == 0
     # From each head to its answer, the wait in the queue included: 1.5, 3 and 4.5 s.
@@ -135,7 +147,8 @@ def test_websocket_sessions_and_messages(serve):
         for i in range(5):
             ws.send("m%d" % i)
             ws.recv(timeout=5)
-        samples = scrape(port)
+        samples = scrape_when(port, lambda s: value(
+            s, "yimmo_websocket_messages_total", direction="out") == 5)
         assert value(samples, "yimmo_websocket_sessions_open") == 1
         assert value(samples, "yimmo_websocket_sessions_total") == 1
         assert value(samples, "yimmo_websocket_messages_total", direction="in") == 5
@@ -154,7 +167,7 @@ def test_manager_sums_its_processes_and_keeps_the_counts_of_those_gone(serve):
         assert r.status == 200
         seen.add(r.body)
     assert len(seen) == 2, "both processes served"  # so the sum is over both
-    samples = scrape(port)
+    samples = scrape_when(port, lambda s: requests(s, "GET", "2xx") == 40)
     assert requests(samples, "GET", "2xx") == 40
     assert value(samples, "yimmo_workers") == 4
     assert value(samples, "yimmo_processes") == 2
@@ -166,7 +179,7 @@ def test_manager_sums_its_processes_and_keeps_the_counts_of_those_gone(serve):
                     15)
     for _ in range(10):
         assert server.get("/").status == 200
-    samples = scrape(port)
+    samples = scrape_when(port, lambda s: requests(s, "GET", "2xx") == 50)
     assert requests(samples, "GET", "2xx") == 50
     assert value(samples, "yimmo_process_restarts_total") == 1
     # A reload: the old processes' last counts come as they stop, after their drain.
@@ -174,7 +187,7 @@ def test_manager_sums_its_processes_and_keeps_the_counts_of_those_gone(serve):
         assert server.get("/").status == 200
     server.signal(signal.SIGHUP)
     server.wait_for_output("reload done", 20)
-    samples = scrape(port)
+    samples = scrape_when(port, lambda s: requests(s, "GET", "2xx") == 55)
     assert requests(samples, "GET", "2xx") == 55
     assert value(samples, "yimmo_reloads_total") == 1
 
@@ -186,7 +199,8 @@ def test_recycles_by_limit(serve):
         server.get("/")
     assert wait_for(lambda: value(scrape(port), "yimmo_process_recycles_total",
                                   reason="max_requests") == 1, 15)
-    assert requests(scrape(port), "GET", "2xx") == 25
+    assert requests(scrape_when(port, lambda s: requests(s, "GET", "2xx") == 25),
+                    "GET", "2xx") == 25
 
 
 def test_twistd_door(tmp_path):
@@ -196,7 +210,8 @@ def test_twistd_door(tmp_path):
         server._wait_listening(15)
         port = metrics_port(server)
         server.get("/")
-        assert requests(scrape(port), "GET", "2xx") == 1
+        assert requests(scrape_when(port, lambda s: requests(s, "GET", "2xx") == 1),
+                        "GET", "2xx") == 1
     finally:
         server.stop()
 
@@ -219,7 +234,8 @@ def test_tac_file_and_yaml_doors(tmp_path, no_proc):
         port = metrics_port(server)
         for _ in range(3):
             server.get("/")
-        assert requests(scrape(port), "GET", "2xx") == 3
+        assert requests(scrape_when(port, lambda s: requests(s, "GET", "2xx") == 3),
+                        "GET", "2xx") == 3
     finally:
         server.stop()
 

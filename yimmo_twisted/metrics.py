@@ -233,8 +233,9 @@ def _families(data: Dict[str, Any]) -> Iterator[Any]:
 def render(data: Dict[str, Any]) -> bytes:
     """The page in Prometheus's text format."""
     from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.registry import Collector
 
-    class _Collector:
+    class _Collector(Collector):  # an ABC in older prometheus-client, a Protocol in newer
         def collect(self) -> Iterator[Any]:
             return _families(data)
 

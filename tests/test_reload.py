@@ -229,3 +229,34 @@ def test_broken_module_new_to_the_app_is_watched_for_its_fix(serve, tmp_path):
     answers(server, b"v2-two")
     assert "rl_lib/helper.py changed" in server.output()
     stops_promptly(server)
+
+
+class _Now:
+    """A reactor whose callFromThread calls at once (the watcher's threads report)."""
+
+    def __init__(self) -> None:
+        self.changed: list = []
+
+    def callFromThread(self, fn, *args):
+        fn(*args)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.002, 0.02])
+def test_a_change_while_the_watch_is_set_up_is_seen(tmp_path, delay):
+    """A server process reports its files as it becomes ready; an edit saved right then
+    came before watchfiles watched the folder, and no reload followed."""
+    from yimmo_twisted.reload import Watcher
+
+    module = tmp_path / "edited.py"
+    module.write_text("v1")
+    reactor = _Now()
+    watcher = Watcher(reactor, reactor.changed.append)
+    watcher.add([str(module)])
+    watcher.start()
+    try:
+        time.sleep(delay)
+        module.write_text("v2, saved at once")
+        assert wait_for(lambda: reactor.changed, 5), "the change was not seen"
+        assert reactor.changed[0] == [str(module)]
+    finally:
+        watcher.stop()

@@ -23,7 +23,7 @@ import sys
 import sysconfig
 import threading
 import traceback
-from typing import Any, Callable, FrozenSet, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set
 
 from .logs import logger
 
@@ -33,6 +33,7 @@ log = logger("yimmo.reload")
 # DEBOUNCE ms: an editor's save (write, rename, chmod) is one reload, not three.
 DEBOUNCE = 400
 STEP = 50
+SET_UP_CHECK = 500  # ms: watchfiles yields (nothing) this often, the first time once set up
 RETRY = 1.0  # seconds before watching again after watchfiles failed (a folder removed)
 PENDING = 0.2  # seconds between looks at a reload under way, for a change that came meanwhile
 
@@ -78,6 +79,17 @@ def user_files(error: Optional[BaseException] = None) -> List[str]:
     return sorted(f for f in found if f is not None and not f.startswith(skipped))
 
 
+def _mtimes(files: Iterable[str]) -> Dict[str, Optional[int]]:
+    """Each file's modification time (ns; None if it is gone)."""
+    times: Dict[str, Optional[int]] = {}
+    for f in files:
+        try:
+            times[f] = os.stat(f).st_mtime_ns
+        except OSError:
+            times[f] = None
+    return times
+
+
 class Watcher:
     """
     Watches files (``add``) and ``paths`` (files, or folders watched recursively) in
@@ -92,6 +104,9 @@ class Watcher:
         # Swapped whole, never changed in place: the watching thread reads it unlocked.
         self.files: FrozenSet[str] = frozenset(os.path.abspath(p) for p in paths
                                                if not os.path.isdir(p))
+        # Each file's time when it was added or last reported changed (see _catch_up);
+        # swapped whole, as files.
+        self.known: Dict[str, Optional[int]] = _mtimes(self.files)
         self._stop = threading.Event()
         self._rewatch = threading.Event()  # the files' folders changed: watch them afresh
         self._threads: List[threading.Thread] = []
@@ -102,6 +117,7 @@ class Watcher:
         if new == self.files:
             return False
         folders = {os.path.dirname(f) for f in self.files}
+        self.known = dict(_mtimes(new - self.files), **self.known)
         self.files = frozenset(new)
         if {os.path.dirname(f) for f in new} != folders:
             self._rewatch.set()
@@ -126,7 +142,21 @@ class Watcher:
     def _report(self, changes: Iterable[Any]) -> None:
         paths = sorted({os.path.abspath(path) for _, path in changes})
         if paths:
+            self.known = dict(self.known, **_mtimes(p for p in paths if p in self.files))
             self.reactor.callFromThread(self.changed, paths)
+
+    def _catch_up(self, seen: Set[str]) -> None:
+        """
+        A change made while watchfiles sets up is not seen by it (a server process reports
+        its files as it becomes ready, and an editor may save right then): the files'
+        times when added, compared once the watch is set up.
+        """
+        now = _mtimes(self.files)
+        missed = sorted(f for f, t in now.items()
+                        if f in self.known and self.known[f] != t and f not in seen)
+        self.known = now
+        if missed:
+            self.reactor.callFromThread(self.changed, missed)
 
     def _watch_files(self) -> None:
         import watchfiles
@@ -138,11 +168,16 @@ class Watcher:
             if not folders:
                 self._rewatch.wait()
                 continue
+            first = True
             try:
                 for changes in watchfiles.watch(
                         *folders, watch_filter=lambda _, path: path in self.files,
                         stop_event=self._rewatch, recursive=False, debounce=DEBOUNCE,
-                        step=STEP, raise_interrupt=False):
+                        step=STEP, rust_timeout=SET_UP_CHECK, yield_on_timeout=True,
+                        raise_interrupt=False):
+                    if first:  # set up now: what changed since add() and was not seen?
+                        first = False
+                        self._catch_up({os.path.abspath(path) for _, path in changes})
                     self._report(changes)
             except Exception as e:  # a folder removed meanwhile: look again soon
                 self._failed(e)

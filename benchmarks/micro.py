@@ -5,7 +5,7 @@ inline on this thread (the pool is not started: its queue is emptied here), byte
 request per dataReceived as wrk sends them.
 
     python benchmarks/micro.py                      # the yimmo_twisted that imports
-    python benchmarks/micro.py /tmp/old /work/main  # checkouts (git worktrees), compared
+    python benchmarks/micro.py ../old .            # checkouts (git worktrees), compared
 
 For each request kind it prints µs/request of ``dataReceived`` alone (reader, exchange,
 dispatch) and of the full inline path (that, plus Context.run of the app, the handoff's

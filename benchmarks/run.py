@@ -1063,6 +1063,11 @@ def target_check(results: Dict[str, List[Dict[str, object]]]) -> None:
                        "%.2f ms vs %.2f ms" % (y["p99_ms"], g["p99_ms"])))
     else:
         checks.append(("p99 below gunicorn's", None, "not measured"))
+    print_checks(checks)
+
+
+def print_checks(checks: List[Tuple[str, Optional[bool], str]]) -> None:
+    """The verdict of each target: (what, passed or None when not measured, detail)."""
     for name, passed, detail in checks:
         verdict = "n/a" if passed is None else ("PASS" if passed else "FAIL")
         print("- %s: %s (%s)" % (name, verdict, detail))
@@ -1096,11 +1101,7 @@ def file_target_check(results: Dict[str, List[Dict[str, object]]]) -> None:
                           y["slow_clients"])))
     elif "slow-downloads" in results:
         checks.append(("/hello p99 delayed by at most 10 ms", None, "not measured"))
-    for name, passed, detail in checks:
-        verdict = "n/a" if passed is None else ("PASS" if passed else "FAIL")
-        print("- %s: %s (%s)" % (name, verdict, detail))
-    print()
-    sys.stdout.flush()
+    print_checks(checks)
 
 
 # --- main --------------------------------------------------------------------------------

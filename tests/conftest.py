@@ -32,6 +32,13 @@ import rawhttp
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
 
+# An endpoint on a free port of the loopback: what servers under test listen on.
+LOCAL = "tcp:0:interface=127.0.0.1"
+# twistd with this checkout's code (its plugin found on PYTHONPATH, see _env), run by this
+# Python: Twisted's scripts live outside a venv.
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+TWISTD_NODAEMON = TWISTD + ["-n", "--pidfile="]
+
 LISTENING = re.compile(r"listening on (\S+) ([0-9.]+|\[[0-9a-fA-F:]+\]|[^\s:]+):(\d+)")
 
 
@@ -199,7 +206,7 @@ def start_server(app: Optional[str] = "apps:hello", *args: str, env: Optional[di
     """Start a server subprocess (the caller stops it: ``server.stop()``)."""
     argv = [sys.executable, "-m", "yimmo_twisted"]
     if listen:
-        argv += ["--listen", "tcp:0:interface=127.0.0.1"]
+        argv += ["--listen", LOCAL]
     argv += [str(a) for a in args]
     if app is not None:
         argv.append(app)

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import sys
 import threading
 import time
 
@@ -18,7 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 import rawhttp
-from conftest import ServerProcess, _env
+from conftest import TWISTD_NODAEMON, ServerProcess, _env
 from test_startup import free_port
 
 # A whole combined line, as the server writes it: nothing torn, nothing mixed.
@@ -199,9 +198,9 @@ def test_twistd_reopens_its_logfile_and_the_access_log(tmp_path):
     """Under twistd SIGUSR1 still rotates twistd's own --logfile, and reopens ours."""
     access, log, port = tmp_path / "access.log", tmp_path / "twistd.log", free_port()
     server = ServerProcess(
-        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-         "--pidfile=", "--logfile", str(log), "yimmo", "--app", "apps:hello",
-         "--listen", "tcp:%d:interface=127.0.0.1" % port, "--access-log-file", str(access)],
+        TWISTD_NODAEMON + ["--logfile", str(log), "yimmo", "--app", "apps:hello", "--listen",
+                           "tcp:%d:interface=127.0.0.1" % port, "--access-log-file",
+                           str(access)],
         _env(None))
     try:
         def answers() -> bool:

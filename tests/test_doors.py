@@ -16,11 +16,10 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from conftest import ServerProcess, _env, wait_for
+from conftest import LOCAL, TWISTD_NODAEMON, ServerProcess, _env, wait_for
 from test_systemd import Notifications
 from yimmo_twisted.config import BY_NAME
 
-LOCAL = "tcp:0:interface=127.0.0.1"
 DOORS = ("yimmo-wsgi", "twistd", "tac")
 
 
@@ -43,15 +42,13 @@ def door_server(door: str, app: str, settings: Dict[str, Any], tmp_path: Path,
             application = service.Application("doors")
             YimmoService(app=%r, **%r).setServiceParent(application)
             """ % (app, keywords)))
-        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-                "--pidfile=", "-y", str(tac)]
+        argv = TWISTD_NODAEMON + ["-y", str(tac)]
     else:
         options: List[str] = []
         for name, value in settings.items():
             options += ["--" + BY_NAME[name].long, str(value)]
         if door == "twistd":
-            argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                    "-n", "--pidfile=", "yimmo", "--app", app] + options
+            argv = TWISTD_NODAEMON + ["yimmo", "--app", app] + options
         else:
             argv = [sys.executable, "-m", "yimmo_twisted"] + options + [app]
     server = ServerProcess(argv, _env(env))

@@ -14,14 +14,13 @@ from typing import Dict, List
 
 import pytest
 
-from conftest import ROOT, _env
+from conftest import ROOT, TWISTD, _env
 from yimmo_twisted.config import BY_NAME, OPTIONS, Settings
 
 DOORS = {
     "yimmo-wsgi": [sys.executable, "-m", "yimmo_twisted", "--help"],
     # From this checkout: twisted/plugins is found on PYTHONPATH (conftest's _env).
-    "twistd yimmo": [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                     "yimmo", "--help"],
+    "twistd yimmo": TWISTD + ["yimmo", "--help"],
 }
 
 

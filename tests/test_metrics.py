@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import socket
-import sys
 import textwrap
 import threading
 import time
@@ -23,14 +22,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect as ws_connect
 
 import rawhttp
-from conftest import ServerProcess, _env, wait_for
+from conftest import LOCAL, TWISTD_NODAEMON, ServerProcess, _env, wait_for
 from test_proc import pids_of
 
-LOCAL = "tcp:0:interface=127.0.0.1"
 METRICS_ON = r"metrics (?:of the server processes )?on tcp 127\.0\.0\.1:(\d+)"
 QUIET = ("--access-log", "off")
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-          "--pidfile="]
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 
@@ -204,7 +200,7 @@ def test_recycles_by_limit(serve):
 
 
 def test_twistd_door(tmp_path):
-    server = ServerProcess(TWISTD + ["yimmo", "--app", "apps:hello", "--listen", LOCAL,
+    server = ServerProcess(TWISTD_NODAEMON + ["yimmo", "--app", "apps:hello", "--listen", LOCAL,
                                      "--metrics-listen", LOCAL, "-t", "1"], _env(None))
     try:
         server._wait_listening(15)
@@ -228,7 +224,7 @@ def test_tac_file_and_yaml_doors(tmp_path, no_proc):
         YimmoService(app="apps:hello", listen=%r, no_threads=1, no_proc=%d,
                      config=%r).setServiceParent(application)
         """ % (LOCAL, no_proc, str(config))))
-    server = ServerProcess(TWISTD + ["-y", str(tac)], _env(None))
+    server = ServerProcess(TWISTD_NODAEMON + ["-y", str(tac)], _env(None))
     try:
         server._wait_listening(15)
         port = metrics_port(server)

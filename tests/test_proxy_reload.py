@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import List
@@ -19,7 +18,7 @@ from typing import List
 import pytest
 
 import rawhttp
-from conftest import ROOT, ServerProcess, _env
+from conftest import ROOT, TWISTD, ServerProcess, _env
 from test_listening import PROXY_HEADERS
 from test_proc import wait_gone
 from test_startup import LOCAL, free_port
@@ -89,9 +88,6 @@ def test_sigterm_closes_a_connection_waiting_for_its_proxy_header(serve):
 
 # -- twistd: the server processes' output through the manager ----------------------------
 
-# This checkout's code, found through PYTHONPATH (test_startup.py runs twistd from an
-# installed copy, to test the install).
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def _log_text(log: Path) -> str:

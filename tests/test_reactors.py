@@ -23,7 +23,7 @@ from twisted.logger import globalLogPublisher
 from websockets.sync.client import connect as ws_connect
 
 import rawhttp
-from conftest import ServerProcess, _env
+from conftest import LOCAL, TWISTD_NODAEMON, ServerProcess, _env
 from yimmo_twisted.exchange import DONE
 from yimmo_twisted.logs import set_level
 from yimmo_twisted.proc import reactor_name
@@ -31,9 +31,6 @@ from yimmo_twisted.worker import Handoff, WorkerPool
 
 pytestmark = pytest.mark.timeout(60)
 
-LOCAL = "tcp:0:interface=127.0.0.1"
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-          "--pidfile="]
 TWIST = [sys.executable, "-c", "from twisted.application.twist._twist import Twist; "
          "Twist.main()", "--log-format=text"]
 # The reactors of `twistd --help-reactors` on Linux ("default" is poll), and whether the
@@ -43,7 +40,7 @@ HOOKED = "iteration hook: doIteration"
 UNHOOKED = "iteration hook: none"
 
 
-def twistd(*args: str, command: List[str] = TWISTD) -> ServerProcess:
+def twistd(*args: str, command: List[str] = TWISTD_NODAEMON) -> ServerProcess:
     server = ServerProcess(command + list(args), _env(None))
     server._wait_listening(15)
     return server
@@ -104,7 +101,7 @@ def test_twistd_reactor_serves_http_and_websockets(name):
         server.stop()
 
 
-@pytest.mark.parametrize("command", [TWISTD, TWIST], ids=["twistd", "twist"])
+@pytest.mark.parametrize("command", [TWISTD_NODAEMON, TWIST], ids=["twistd", "twist"])
 def test_server_processes_run_the_managers_reactor(command):
     """--reactor=asyncio with -p 2: the server processes run asyncio too, as the manager
     does (their pools say so; under twistd their lines come through the manager's log)."""

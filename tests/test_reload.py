@@ -8,19 +8,15 @@ without watchfiles.
 from __future__ import annotations
 
 import os
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TESTS, ServerProcess, _env, wait_for
+from conftest import LOCAL, ROOT, TESTS, TWISTD_NODAEMON, ServerProcess, _env, wait_for
 from yimmo_twisted.reload import user_files
 
-LOCAL = "tcp:0:interface=127.0.0.1"
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-          "--pidfile="]
 RELOADED = 15.0  # seconds for a change to be seen and a new process to be ready
 
 
@@ -98,7 +94,7 @@ def test_yimmo_wsgi_reload(serve, tmp_path):
 def test_twistd_reload(tmp_path):
     module = tmp_path / "rl_twistd.py"
     write_app(module, "v1")
-    server = ServerProcess(TWISTD + ["yimmo", "--reload", "--app", "rl_twistd:app",
+    server = ServerProcess(TWISTD_NODAEMON + ["yimmo", "--reload", "--app", "rl_twistd:app",
                                      "--listen", LOCAL, "-t", "1"], _env(env_with(tmp_path)))
     try:
         server._wait_listening(15)
@@ -121,7 +117,7 @@ def test_tac_file_reload(tmp_path):
         YimmoService(app="rl_tac:app", listen=%r, no_threads=1,
                      reload=True).setServiceParent(application)
         """ % (str(tmp_path), LOCAL)))
-    server = ServerProcess(TWISTD + ["-y", str(tac)], _env(None))
+    server = ServerProcess(TWISTD_NODAEMON + ["-y", str(tac)], _env(None))
     try:
         server._wait_listening(15)
         answers(server, b"v1", 5)

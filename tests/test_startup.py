@@ -24,13 +24,12 @@ from pathlib import Path
 import pytest
 
 import rawhttp
-from conftest import ROOT, ServerProcess, _env
+from conftest import LOCAL, ROOT, ServerProcess, _env
 from test_proc import wait_gone
 from yimmo_twisted import config
 from yimmo_twisted.cli import settings_from
 from yimmo_twisted.config import ConfigError
 
-LOCAL = "tcp:0:interface=127.0.0.1"
 
 
 def free_port() -> int:

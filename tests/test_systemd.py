@@ -19,7 +19,7 @@ from typing import Dict, List, Tuple
 import pytest
 
 import rawhttp
-from conftest import ServerProcess, _env
+from conftest import TWISTD_NODAEMON, ServerProcess, _env
 from test_proc import wait_gone
 from test_startup import LOCAL, _over, free_port
 
@@ -137,8 +137,7 @@ def test_unreachable_socket_is_logged_once(serve, tmp_path):
 
 @pytest.mark.parametrize("no_proc", [1, 2])
 def test_twistd_notifies(notifications, no_proc):
-    twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-    server = ServerProcess(twistd + ["-n", "--pidfile=", "yimmo", "--app", "apps:hello",
+    server = ServerProcess(TWISTD_NODAEMON + ["yimmo", "--app", "apps:hello",
                                      "--listen", LOCAL, "-p", str(no_proc), "-t", "1"],
                            _env({"NOTIFY_SOCKET": notifications.address}))
     try:

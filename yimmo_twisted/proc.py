@@ -508,7 +508,7 @@ class _Control(Protocol):
         while b"\n" in self._pending:
             line, _, self._pending = self._pending.partition(b"\n")
             if line == b"metrics":
-                _report("metrics: " + json.dumps(metrics.snapshot(self.server)))
+                _report_metrics(self.server)
 
     def readConnectionLost(self) -> None:
         self.connectionLost(None)
@@ -536,6 +536,10 @@ def _report(line: str) -> None:
             select.select([], [CONTROL_FD], [], REPORT_TIMEOUT)
         except OSError:
             return  # the manager is gone
+
+
+def _report_metrics(server) -> None:
+    _report("metrics: " + json.dumps(metrics.snapshot(server)))
 
 
 def server_process_main(argv: List[str]) -> None:
@@ -612,8 +616,7 @@ def server_process_main(argv: List[str]) -> None:
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     reactor.run()
     if settings.metrics_listen is not None:
-        # The last counts, after the drain: the manager carries them on.
-        _report("metrics: " + json.dumps(metrics.snapshot(server)))
+        _report_metrics(server)  # the last counts, after the drain: the manager keeps them
     sys.exit(exit_code[0])
 
 

@@ -30,7 +30,6 @@ from .context import ErrorStream, FileWrapper
 from .exchange import SERVER_SOFTWARE
 from .forwarded import Trusted
 from .logs import AccessLog, logger, nothing_to_reopen, on_sigusr1
-from .metrics import Tally
 from .recycle import Watchdog
 from .session import _IDLE, HTTPSession
 from .websockets import Bridge
@@ -213,7 +212,7 @@ class Server(service.Service):
         self.refused: Counter[int] = collections.Counter()  # by status
         if settings.metrics_listen is not None:
             for worker in self.pool.workers:
-                worker.tally = Tally()
+                worker.tally = metrics.Tally()
         self.metrics_port: Any = None
         self.ports: List = []
         self.systemd_ports: List = []  # of self.ports, systemd's: kept listening at the stop

@@ -10,6 +10,9 @@ tested with bytes alone (h11's reader is the model).
         if event is NEED_DATA: break
         ...  # a Head, body bytes, END, or an HTTPError (the last event: a refusal)
 
+A Head without a body (``has_body`` false: most requests) is a whole request, and the next
+event is the next request's; a Head with one is followed by its bytes and then END.
+
 Framing is ours.  The end of a head is found here, within the head's limits counted
 from the first byte of *that* head, wherever in the stream it starts (after a body,
 after another request in the same read); the complete head is then checked and split
@@ -72,7 +75,7 @@ class _Sentinel:
 
 
 NEED_DATA = _Sentinel("NEED_DATA")  # nothing more until more bytes are fed
-END = _Sentinel("END")  # the current request (head and body) is complete
+END = _Sentinel("END")  # the body of the current request is complete
 
 Event = Union["Head", bytes, _Sentinel, HTTPError]
 
@@ -248,6 +251,8 @@ class RequestReader:
         try:
             state = self._state
             if state == _HEAD:
+                if self._pos >= len(self._buf):
+                    return NEED_DATA  # where every read ends: without a call
                 return self._head()
             if state == _LENGTH:
                 return self._data(_DONE)
@@ -362,9 +367,9 @@ class RequestReader:
         if fields.framing:
             return self._framed(method, target, http11, fields)
         # The common case: no field but Host bears on the framing or the connection, so
-        # no body, and the connection persists for 1.1 only (RFC 9112 9.3).
-        self._state = _DONE
-        self._keep_alive = http11
+        # no body, and the connection persists for 1.1 only (RFC 9112 9.3).  The Head is
+        # the whole request: the next head is read after it (on 1.0, nothing: 9.6).
+        self._state = _HEAD if http11 else _CLOSED
         return Head(method, target, http11, fields.headers, http11, 0, False, False, False)
 
     def _framed(self, method: str, target: bytes, http11: bool, fields: _Fields) -> Head:
@@ -404,8 +409,6 @@ class RequestReader:
                 raise HTTPError(413, "the body exceeds %d bytes" % max_body_size)
             self._state = _LENGTH
             self._remaining = length
-        else:
-            self._state = _DONE
         expect_continue = False
         if expect is not None:
             if expect.rstrip(b" \t").lower() != b"100-continue":
@@ -414,11 +417,13 @@ class RequestReader:
         # RFC 9112 9.3: 1.1 persists unless "close"; 1.0 only with "keep-alive".
         keep_alive = b"close" not in connection and (http11 or b"keep-alive" in connection)
         self._keep_alive = keep_alive
+        if not (chunked or length):
+            self._state = _HEAD if keep_alive else _CLOSED  # no body: no END (see _check)
         return Head(method, target, http11, fields.headers, keep_alive, length, chunked,
                     expect_continue, upgrade and b"upgrade" in connection)
 
     def _end(self) -> _Sentinel:
-        # After a request that ends its connection (Connection: close, HTTP/1.0 without
+        # The end of a body.  After a request that ends its connection (Connection: close, HTTP/1.0 without
         # keep-alive) nothing more is read: RFC 9112 9.6.
         self._state = _HEAD if self._keep_alive else _CLOSED
         return END

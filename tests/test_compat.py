@@ -430,6 +430,23 @@ def test_websocket_data_received(probes, monkeypatch):
     assert compat.websocket_data_received() is data_received
 
 
+def test_autobahn_frames(probes, monkeypatch):
+    from autobahn.websocket import protocol
+
+    assert compat.autobahn_frames_ok()
+    compat.autobahn_frames_ok.cache_clear()
+    # A frame that autobahn counts somewhere else: the server leaves all frames to it.
+    reset = protocol.TrafficStats.reset
+
+    def renamed(self):
+        reset(self)
+        del self.incomingWebSocketFrames
+        self.incomingFrames = 0
+
+    monkeypatch.setattr(protocol.TrafficStats, "reset", renamed)
+    assert not compat.autobahn_frames_ok()
+
+
 # -- the reactor's loop ------------------------------------------------------------------
 
 @pytest.mark.parametrize("cls, calls", [

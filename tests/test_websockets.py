@@ -318,6 +318,49 @@ def test_protocol_errors_close_with_1002(server, data):
         assert close_code(conn) == 1002
 
 
+def _long_length(payload: bytes) -> bytes:
+    """A binary frame whose short length is written in the 16-bit form (not minimal)."""
+    key = os.urandom(4)
+    return (bytes([0x82, 0x80 | 126]) + struct.pack("!H", len(payload)) + key
+            + bytes(b ^ key[i % 4] for i, b in enumerate(payload)))
+
+
+def test_frames_of_one_read_in_order_with_control_and_fragments(server):
+    # Whole data frames are read by the server itself, the others by autobahn: one write
+    # that mixes them keeps its order.
+    conn = raw_open(server)
+    with conn:
+        conn.send(frame(BINARY, b"one") + frame(PING, b"p") + frame(TEXT, b"tw", fin=False)
+                  + frame(0, b"o") + frame(BINARY, b"\x00" * 200) + frame(TEXT, b"three"))
+        got = [read_frame(conn)[1:] for _ in range(5)]
+        # The pong comes from the reactor, the echoes from a worker: only they keep order.
+        assert (PONG, b"p") in got
+        assert [f for f in got if f[0] != PONG] == [
+            (BINARY, b"one"), (TEXT, b"two"), (BINARY, b"\x00" * 200), (TEXT, b"three")]
+
+
+@pytest.mark.parametrize("bad, code", [
+    (frame(TEXT, b"ok \xff\xfe"), 1007),
+    (frame(TEXT, b"\xed\xa0\x80"), 1007),  # a UTF-16 surrogate
+    (_long_length(b"short"), 1002),
+    (frame(BINARY, b"unmasked", mask=False), 1002),
+], ids=["utf8", "surrogate", "length", "unmasked"])
+def test_a_bad_frame_after_good_ones_in_one_read(server, bad, code):
+    conn = raw_open(server)
+    with conn:
+        conn.send(frame(BINARY, b"a") + frame(TEXT, "é".encode()) + bad + frame(BINARY, b"z"))
+        # The close is sent from the reactor at once: the echoes of the frames before
+        # the bad one, due from a worker, may come before it or not at all; nothing after.
+        got = []
+        while True:
+            fin, opcode, payload = read_frame(conn)
+            if opcode == CLOSE:
+                break
+            got.append((opcode, payload))
+        assert struct.unpack("!H", payload[:2])[0] == code
+        assert got == [(BINARY, b"a"), (TEXT, "é".encode())][:len(got)]
+
+
 def test_oversized_message_and_frame_close_with_1009(serve):
     s = serve("ws_apps:app", "--ws-max-message-size", "64K", "--ws-max-frame-size", "16K")
     conn = raw_open(s)

@@ -19,6 +19,8 @@ start-up (Server.startService) and logs one warning naming what fell back.
 * ``HAProxyProtocolWrapper`` and its ``_proxyInfo`` (``read_proxy_header``, used by
   server.ProxiedSession).
 * ``websocket_data_received``: autobahn's ``_dataReceived``.
+* ``autobahn_frames_ok``: the state of autobahn's frame reader, for WebSocket frames
+  read and written without it (websockets.WebSocketProtocol).
 * ``runs_do_iteration``: whether a reactor's loop calls ``doIteration``, the hook of the
   worker pool (worker.WorkerPool.install; checked per reactor, when the pool installs).
 * ``listen_arguments``, ``ssl_context_factory``: how an endpoint listens (its port,
@@ -544,6 +546,62 @@ def websocket_data_received() -> Callable:
     return WebSocketServerProtocol.dataReceived
 
 
+_FRAME_STATS = ("incomingOctetsWireLevel", "incomingOctetsWebSocketLevel",
+                "incomingOctetsAppLevel", "incomingWebSocketFrames",
+                "incomingWebSocketMessages", "outgoingOctetsWebSocketLevel",
+                "outgoingOctetsAppLevel", "outgoingWebSocketFrames",
+                "outgoingWebSocketMessages")
+
+
+@lru_cache(maxsize=None)
+def autobahn_frames_ok() -> bool:
+    """
+    What websockets.WebSocketProtocol's own framing of whole unfragmented data frames
+    relies on: an open autobahn protocol has nothing of its own under way exactly when
+    its buffer (``data``) is empty, ``current_frame`` None and ``inside_message``
+    false; ``_perMessageCompress`` is None without compression; and its traffic
+    counters are the attributes of ``trafficStats`` that it adds a frame's lengths to.
+    """
+    from autobahn.twisted.websocket import WebSocketServerFactory
+    from twisted.internet.testing import StringTransport
+
+    received: list = []
+
+    class Probe(WebSocketServerProtocol):
+        def onMessage(self, payload, isBinary):
+            received.append(payload)
+
+    try:
+        factory = WebSocketServerFactory()
+        factory.protocol = Probe
+        p: Any = factory.buildProtocol(None)
+        p.makeConnection(StringTransport())
+        p._dataReceived(b"GET / HTTP/1.1\r\nHost: probe\r\nUpgrade: websocket\r\n"
+                        b"Connection: Upgrade\r\nSec-WebSocket-Key: "
+                        b"dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+        def idle() -> bool:
+            return (p.state == p.STATE_OPEN and p.data == b"" and p.current_frame is None
+                    and p.inside_message is False)
+
+        if not (idle() and p._perMessageCompress is None
+                and all(getattr(p.trafficStats, name) == 0 for name in _FRAME_STATS)):
+            return False
+        frame = b"\x82\x83\x00\x00\x00\x00abc"  # masked with a zero key
+        start = b"\x02\x82\x00\x00\x00\x00d"  # the first fragment, cut in its payload
+        p._dataReceived(frame + start)
+        if idle() or received != [b"abc"]:
+            return False
+        p._dataReceived(b"e\x80\x80\x00\x00\x00\x00")  # its end; the last, empty one
+        s = p.trafficStats
+        return (idle() and received == [b"abc", b"de"] and s.incomingWebSocketFrames == 3
+                and s.incomingWebSocketMessages == 2 and s.incomingOctetsAppLevel == 5
+                and s.incomingOctetsWebSocketLevel == 5
+                and s.incomingOctetsWireLevel == len(frame + start) + 7)
+    except Exception:
+        return False
+
+
 # -- the reactor's iteration -------------------------------------------------------------
 
 def runs_do_iteration(reactor) -> bool:
@@ -623,6 +681,8 @@ PROBES = (
     ("the PROXY header state (HAProxyProtocolWrapper._proxyInfo): an empty read after "
      "each chunk of the header tells its end instead", proxy_info_ok),
     ("autobahn's _dataReceived: its dataReceived instead", autobahn_receive_ok),
+    ("autobahn's frame state (data, current_frame, inside_message, trafficStats): "
+     "every frame through autobahn's reader and writer", autobahn_frames_ok),
 )
 
 

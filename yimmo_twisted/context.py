@@ -15,7 +15,7 @@ import os
 import re
 import sys
 from stat import S_ISREG
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from twisted.logger import LogLevel
 
@@ -49,6 +49,52 @@ _HOP_BY_HOP = frozenset((
 ))
 
 _SERVER_LINE = b"Server: " + SERVER_SOFTWARE.encode("ascii") + b"\r\n"
+
+# What a response head does with a header field (_field's first item).
+_PLAIN, _DROP, _CLOSE_FIELD, _LENGTH, _SERVER, _DATE = range(6)
+Field = Tuple[int, bytes, Any]  # (kind, the field's line, its Content-Length or raw value)
+
+# Header field (name, value) as the app gives it -> its Field, checked once.  Apps send the
+# same fields with each response (Content-Type: text/html, their Content-Length too, for
+# pages of a size), so a response's fields cost a look-up each, not two regular
+# expressions, an encoding and a lower(), most of start_response's and _head's time.
+# Bounded, because the values may be anything (a cookie, a length); once full, fields not
+# in it are checked each time.
+_FIELDS: Dict[Tuple[str, str], Field] = {}
+_FIELDS_MAX = 4096
+# Status -> (its status line, its code), for the same reason; as bounded.
+_STATUSES: Dict[str, Tuple[bytes, int]] = {}
+
+
+def _field(name: str, value: str) -> Field:
+    """The checks of PEP 3333 and RFC 9110 5.5 on one field, and its Field."""
+    if type(name) is not str or not _TOKEN.match(name):
+        _reject("invalid header name %r" % (name,))
+    if type(value) is not str or _BAD_VALUE.search(value):
+        _reject("invalid value for header %r: %r" % (name, value))
+    try:
+        line = b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+    except UnicodeEncodeError:
+        _reject("header %r is not latin-1: %r" % (name, value))
+    lname = name.lower()
+    extra: Any = None
+    if lname in _HOP_BY_HOP:
+        kind = _CLOSE_FIELD if lname == "connection" and "close" in value.lower() else _DROP
+    elif lname == "content-length":
+        kind = _LENGTH
+        extra = value  # an invalid one fails the response in _head, not start_response
+        if value.strip().isdigit():
+            try:
+                extra = int(value)
+            except ValueError:  # digits int() does not read ("\u00b2")
+                pass
+    elif lname == "server":
+        kind = _SERVER
+    elif lname == "date":
+        kind = _DATE
+    else:
+        kind = _PLAIN
+    return kind, line, extra
 
 
 class InputStream:
@@ -221,7 +267,7 @@ class Context:
     """
 
     __slots__ = (
-        "exchange", "emit", "status", "headers", "head", "head_sent", "content_length",
+        "exchange", "emit", "status", "headers", "fields", "head", "head_sent", "content_length",
         "chunked", "sent", "keep_alive", "no_body",
     )
 
@@ -230,6 +276,7 @@ class Context:
         self.emit = emit
         self.status: Optional[str] = None
         self.headers: Headers = []
+        self.fields: List[Field] = []  # of those headers, checked
         self.head_sent = False
 
     # -- PEP 3333 callables ----------------------------------------------------------
@@ -250,20 +297,23 @@ class Context:
             _reject("invalid status %r" % (status,))
         if type(headers) is not list:
             _reject("headers must be a list, got %r" % (type(headers).__name__,))
+        fields = []
+        known = _FIELDS
         for item in headers:
             if type(item) is not tuple or len(item) != 2:
                 _reject("header %r is not a (name, value) tuple" % (item,))
             name, value = item
-            if type(name) is not str or not _TOKEN.match(name):
-                _reject("invalid header name %r" % (name,))
-            if type(value) is not str or _BAD_VALUE.search(value):
-                _reject("invalid value for header %r: %r" % (name, value))
-            try:
-                value.encode("latin-1")
-            except UnicodeEncodeError:
-                _reject("header %r is not latin-1: %r" % (name, value))
+            field = None
+            if type(name) is str and type(value) is str:  # not a subclass equal to one known
+                field = known.get(item)
+            if field is None:
+                field = _field(name, value)
+                if len(known) < _FIELDS_MAX:
+                    known[item] = field
+            fields.append(field)
         self.status = status
         self.headers = headers
+        self.fields = fields
         return self.write
 
     def write(self, data: bytes) -> None:
@@ -287,34 +337,36 @@ class Context:
         if self.status is None:
             raise AssertionError("the application sent a body before calling start_response")
         ex = self.exchange
-        code = int(self.status[:3])
+        status = _STATUSES.get(self.status)
+        if status is None:
+            status = (b"HTTP/1.1 %s\r\n" % self.status.encode("latin-1"), int(self.status[:3]))
+            if len(_STATUSES) < _FIELDS_MAX:
+                _STATUSES[self.status] = status
+        line, code = status
         never_length = code < 200 or code == 204  # RFC 9110 8.6: no Content-Length at all
         self.no_body = no_body = ex.head_only or never_length or code == 304
         keep_alive = ex.keep_alive and ex.session.keep_alive
-        lines = [b"HTTP/1.1 ", self.status.encode("latin-1"), b"\r\n"]
+        lines = [line]
         length = None
         server = date = True
-        for name, value in self.headers:
-            lname = name.lower()
-            if lname in _HOP_BY_HOP:
-                if lname == "connection" and "close" in value.lower():
-                    keep_alive = False
-                continue
-            if lname == "content-length":
-                try:
-                    length = int(value)
-                    if length < 0 or not value.strip().isdigit():
-                        raise ValueError
-                except ValueError:
-                    raise ValueError("start_response: invalid Content-Length %r"
-                                     % value) from None
-                if never_length:
+        for kind, line, extra in self.fields:
+            if kind:
+                if kind == _LENGTH:
+                    if type(extra) is not int:
+                        raise ValueError("start_response: invalid Content-Length %r" % extra)
+                    length = extra
+                    if never_length:
+                        continue
+                elif kind == _DROP:
                     continue
-            elif lname == "server":
-                server = False
-            elif lname == "date":
-                date = False
-            lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+                elif kind == _CLOSE_FIELD:
+                    keep_alive = False
+                    continue
+                elif kind == _SERVER:
+                    server = False
+                else:
+                    date = False
+            lines.append(line)
         self.chunked = False
         if length is None and not never_length:
             if total is not None and (not no_body or (ex.head_only and total)):

@@ -423,8 +423,8 @@ class RequestReader:
                     expect_continue, upgrade and b"upgrade" in connection)
 
     def _end(self) -> _Sentinel:
-        # The end of a body.  After a request that ends its connection (Connection: close, HTTP/1.0 without
-        # keep-alive) nothing more is read: RFC 9112 9.6.
+        # The end of a body.  After a request that ends its connection (Connection: close,
+        # HTTP/1.0 without keep-alive) nothing more is read: RFC 9112 9.6.
         self._state = _HEAD if self._keep_alive else _CLOSED
         return END
 

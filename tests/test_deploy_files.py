@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 
@@ -34,7 +35,7 @@ import pytest
 import yaml
 
 import rawhttp
-from conftest import LOCAL, ROOT, ServerProcess
+from conftest import LOCAL, ROOT, ServerProcess, start_server
 from yimmo_twisted import cli
 from yimmo_twisted.config import OPTIONS
 from yimmo_twisted.proc import KILL_MARGIN
@@ -250,6 +251,37 @@ def test_image_command_serves_health_checks_pass_and_sigterm_ends_it(tmp_path):
     # Nothing written beside the app (no __pycache__: PYTHONDONTWRITEBYTECODE), as under
     # the read-only root filesystem of kubernetes.yaml's securityContext.
     assert sorted(os.listdir(here)) == copied
+
+
+def test_during_the_drain_readiness_fails_and_liveness_holds():
+    """What the probes of kubernetes.yaml rely on, with the image's settings: once SIGTERM
+    has come, the app's port refuses connections (the tcpSocket readiness probe fails)
+    while the metrics page still answers (the liveness probe holds) until the requests in
+    flight are done."""
+    _, envs = _final_stage()
+    _, _, _, container = _container()
+    env = {k: v for k, v in {**envs, **_container_env(container)}.items()
+           if k.startswith("YIMMO_")}
+    env.update(YIMMO_METRICS_LISTEN=LOCAL, YIMMO_ACCESS_LOG="off")
+    server = start_server("apps:sleep", env=env)  # --listen on the loopback
+    try:
+        metrics = int(server.wait_for_output(r"metrics on tcp 127\.0\.0\.1:(\d+)").group(1))
+        answers = []
+        slow = threading.Thread(target=lambda: answers.append(
+            rawhttp.get(server.port, "/?t=1", timeout=10)))
+        slow.start()
+        time.sleep(0.3)  # the request is in the app
+        server.signal(signal.SIGTERM)
+        server.wait_for_output("received SIGTERM")
+        time.sleep(0.2)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", server.port), 1).close()
+        assert rawhttp.get(metrics, "/metrics", timeout=2).status == 200
+        slow.join(10)
+        assert [r.status for r in answers] == [200]
+        assert server.wait_exit(10) == 0
+    finally:
+        server.stop()
 
 
 def _context(where):

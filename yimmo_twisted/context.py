@@ -15,7 +15,7 @@ import os
 import re
 import sys
 from stat import S_ISREG
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 from twisted.logger import LogLevel
 
@@ -100,7 +100,7 @@ def _field(name: str, value: str) -> Field:
 class InputStream:
     """``wsgi.input``: reads the request body, never past its end, streaming as it arrives."""
 
-    __slots__ = ("_exchange", "_body", "_buf", "_pos", "_resume", "_emit")
+    __slots__ = ("_exchange", "_body", "_buf", "_pos", "_emit")
 
     def __init__(self, exchange: Exchange, emit: Emit) -> None:
         self._exchange = exchange
@@ -110,7 +110,10 @@ class InputStream:
         self._buf = b""
         self._pos = 0
         self._emit = emit
-        self._resume = lambda: emit(exchange, None, RESUME)
+
+    def _resume(self) -> None:
+        """The app took buffered body bytes: the reactor may read the client again."""
+        self._emit(self._exchange, None, RESUME)
 
     def _pull(self) -> bytes:
         """The next chunk from the client (b"" at the end of the body)."""
@@ -499,6 +502,12 @@ class Context:
                     total += len(data)
                 if total == 0 or self.exchange.head_only:
                     self._finish(total)
+                    return
+                if len(cast(list, result)) == 1:
+                    # The common body, one string: head, body and end in one record.  (The
+                    # head gets a Content-Length, so there is no last chunk to add.)
+                    out = self._head(total) + self._frame(cast(list, result)[0])
+                    self.emit(ex, out, self._end())
                     return
                 for data in result:
                     self._send(data, total)

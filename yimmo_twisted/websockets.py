@@ -156,7 +156,9 @@ class WebSocket:
         Safe from any thread.  Waits while the client does not read; raises TimeoutError
         after ``ws_send_timeout`` seconds of that, ClientDisconnected once closed.
         """
-        if isinstance(msg, str):
+        if type(msg) is bytes:
+            pass
+        elif isinstance(msg, str):
             msg = msg.encode("utf-8")
             if flags is None:
                 flags = YMO_WS_FLAG_FIN | YMO_WS_OP_TEXT
@@ -204,8 +206,8 @@ class _Channel(Channel):
         if self.gone:
             raise ClientDisconnected("the WebSocket is closed")
         with self._lock:
-            if wait and not isInIOThread() and (
-                    self.paused or self.produced - self.consumed > self._limit):
+            if wait and (self.paused or self.produced - self.consumed > self._limit) and (
+                    not isInIOThread()):
                 # Wait under the lock: other senders of this WebSocket queue behind us.
                 if not self._handoff.wait_writable(self, self._timeout):
                     raise TimeoutError("the client has not read for %g s" % self._timeout)
@@ -267,9 +269,6 @@ class _Inbox:
 
     def run(self) -> None:
         """Run the callbacks due (worker thread)."""
-        # After a turn, the inbox goes behind the work queued on this pool worker (outside
-        # the pool, it runs on).
-        queue = getattr(threading.current_thread(), "queue", None)
         turn = 0
         while True:
             with self._lock:
@@ -286,9 +285,14 @@ class _Inbox:
                 self._emit(None, _RESUME)
             self._call(kind, payload, flags)
             turn += 1
-            if turn == self.TURN and queue is not None:
-                queue.append(self)
-                return
+            if turn == self.TURN:
+                # After a turn, the inbox goes behind the work queued on this pool worker
+                # (outside the pool, it runs on).
+                queue = getattr(threading.current_thread(), "queue", None)
+                if queue is not None:
+                    queue.append(self)
+                    return
+                turn = 0
 
     def _emit(self, data: Optional[bytes], end: int) -> None:
         try:

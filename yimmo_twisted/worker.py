@@ -163,6 +163,15 @@ class Handoff:
     def pending(self) -> bool:
         return bool(self._records)
 
+    def next_for(self, session: Channel) -> bool:
+        """
+        The record to be delivered next is for ``session`` (reactor thread): then a
+        delivery may hold its bytes back for one write with the next (drain delivers
+        every record before it returns).
+        """
+        records = self._records
+        return bool(records) and records[0][0].session is session
+
     def drain(self) -> None:
         """Deliver every queued record (reactor thread)."""
         self._wake_pending = False

@@ -362,6 +362,82 @@ def checks(summaries: Dict[Tuple[Case, str], Summary],
     return out
 
 
+class _Reactor:
+    """What the bridge needs of a reactor for --inline: nothing runs later."""
+
+    def callFromThread(self, fn, *args) -> None:
+        raise AssertionError("--inline drains the handoff itself")
+
+    def callLater(self, delay, fn, *args, **kw):
+        raise AssertionError("no timers: pings are off")
+
+    def wakeUp(self) -> None:
+        pass
+
+
+def inline(size: int, number: int, repeat: int) -> None:
+    """
+    yimmo's per-message path without sockets or threads: the real Bridge and protocol on
+    a StringTransport, one frame per dataReceived, the inbox run here (the pool's work),
+    the handoff drained here.  µs per message of each part, the best of ``repeat``.
+    """
+    sys.path.insert(0, ROOT)  # this checkout's yimmo_twisted
+    from types import SimpleNamespace
+
+    from twisted.internet.testing import StringTransport
+
+    from yimmo_twisted import websockets
+    from yimmo_twisted.config import Settings
+    from yimmo_twisted.worker import Handoff
+
+    settings = Settings()
+    settings.ws_ping_interval = 0
+    jobs: list = []
+    handoff = Handoff(_Reactor(), settings.output_buffer)
+    handoff.sleeping = False  # a reactor awake: no wake-ups
+    server = SimpleNamespace(settings=settings, pool=SimpleNamespace(submit=jobs.append),
+                             handoff=handoff, access=None, reactor=_Reactor())
+    websockets.init_websockets(lambda ws: 0, lambda ws, msg, flags: ws.send(msg, flags),
+                               lambda ws: None)
+    bridge = websockets.Bridge(server)
+
+    def run_jobs() -> None:
+        while jobs:
+            jobs.pop(0).run()
+
+    transport = StringTransport()
+    bridge.take_over(transport, {
+        "REQUEST_METHOD": "GET", "RAW_URI": "/", "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": HOST, "HTTP_UPGRADE": "websocket", "HTTP_CONNECTION": "Upgrade",
+        "HTTP_SEC_WEBSOCKET_KEY": KEY, "HTTP_SEC_WEBSOCKET_VERSION": "13"}, b"")
+    run_jobs()
+    handoff.drain()
+    assert transport.value().startswith(b"HTTP/1.1 101"), transport.value()[:200]
+    protocol = transport.protocol
+    payload = os.urandom(size)
+    frame = masked_frame(payload)
+    clock = time.perf_counter
+    best = [float("inf")] * 3
+    for _ in range(repeat):
+        transport.clear()
+        parts = [0.0] * 3
+        for _ in range(number):
+            t0 = clock()
+            protocol.dataReceived(frame)
+            t1 = clock()
+            run_jobs()
+            t2 = clock()
+            handoff.drain()
+            t3 = clock()
+            parts[0] += t1 - t0
+            parts[1] += t2 - t1
+            parts[2] += t3 - t2
+        assert transport.value().endswith(payload) and len(transport.value()) == number * (
+            len(frame) - 4), "the echo is not the message"
+        best = [min(b, p * 1e6 / number) for b, p in zip(best, parts)]
+    print("| %d B | %.2f | %.2f | %.2f | %.2f |" % (size, best[0], best[1], best[2], sum(best)))
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     p.add_argument("--servers", default="yimmo,autobahn")
@@ -379,7 +455,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--rounds", type=int, default=3, help="runs of each server per case, "
                    "the servers alternating; the table has their medians (default 3)")
     p.add_argument("--threads", type=int, default=4, help="yimmo worker threads")
+    p.add_argument("--inline", action="store_true", help="no servers, no sockets: yimmo's "
+                   "per-message path in this process, µs per --size message of its parts")
     args = p.parse_args(argv)
+    if args.inline:
+        print("| message | reading (dataReceived) | worker (on_message, ws.send) | "
+              "reactor's write (drain, frame) | all |\n|---|---:|---:|---:|---:|")
+        inline(args.size, 20000, 5)
+        return
     if args.rounds < 1 or args.size < 1 or args.window < 1:
         p.error("--rounds, --size and --window must be at least 1")
     cases = [Case(int(n), args.window, args.size) for n in args.sessions.split(",") if n]

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """
 WebSocket echo throughput: messages per second with N concurrent sessions, yimmo-twisted
-against autobahn's own Twisted echo server, on 127.0.0.1 only.
+against autobahn's own Twisted echo server (and, with ``--servers ...,ceiling``, a bare
+Twisted echo of frames), on 127.0.0.1 only.
 
     python benchmarks/ws_bench.py                  # the cases of the targets, 3 rounds each
     python benchmarks/ws_bench.py --sessions 400 --duration 10 --pipelined none
     python benchmarks/ws_bench.py --sessions 20 --size 1024 --window 4 --pipelined none
+    python benchmarks/ws_bench.py --inline --size 64  # yimmo's path alone, µs by part
 
 Each server (``benchmarks/ws_echo.py``) is started in turn, as one process; then N
 client sessions, all in this process (asyncio, raw sockets, pre-masked frames, so that
@@ -236,9 +238,14 @@ def start_server(name: str, threads: int) -> Tuple[subprocess.Popen, int, Option
                 "--ws-ping-interval", "0", "--metrics-listen", "tcp:0:interface=%s" % HOST,
                 "benchmarks.ws_echo:app"]
         pattern = re.compile(rb"listening on tcp [0-9.]+:(\d+)")
-    else:
+    elif name == "autobahn":
         argv = [sys.executable, os.path.join(HERE, "ws_echo.py"), "0"]
         pattern = re.compile(rb"listening on (\d+)")
+    elif name == "ceiling":
+        argv = [sys.executable, os.path.join(HERE, "ws_echo.py"), "--ceiling", "0"]
+        pattern = re.compile(rb"listening on (\d+)")
+    else:
+        raise ValueError("unknown server %r: yimmo, autobahn or ceiling" % name)
     metrics_pattern = re.compile(rb"metrics on tcp [0-9.]+:(\d+)")
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
@@ -440,7 +447,9 @@ def inline(size: int, number: int, repeat: int) -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
-    p.add_argument("--servers", default="yimmo,autobahn")
+    p.add_argument("--servers", default="yimmo,autobahn", help="comma-separated, of yimmo, "
+                   "autobahn and ceiling (ws_echo.py --ceiling: a bare Twisted echo of "
+                   "frames, the least an echo costs on this reactor); default yimmo,autobahn")
     p.add_argument("--sessions", default="100,400", help="comma-separated session counts "
                    "(default 100,400)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds measured per run")

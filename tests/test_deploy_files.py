@@ -285,8 +285,6 @@ def test_image_command_serves_health_checks_pass_and_sigterm_ends_it(tmp_path):
     assert sorted(os.listdir(here)) == copied
 
 
-@pytest.mark.xfail(strict=True, reason="a SIGTERM before the reactor runs is lost on PID 1: "
-                   "the stop signals' handlers are installed only once it runs")
 def test_as_pid_1_a_sigterm_while_the_app_is_imported_stops_the_server(tmp_path):
     """docker stop (or a pod's deletion) while the app is still being imported: a plain
     process dies of the signal, but PID 1 ignores it, serves once the import is done, and

@@ -49,7 +49,16 @@ def settings_from(argv: Optional[List[str]]) -> Settings:
     return build(args, lambda o: "option " + "/".join(o.flags), os.environ)
 
 
+def _stopped_while_starting(signum: int, frame: Any) -> None:
+    sys.stderr.write("yimmo-wsgi: stopped by SIGTERM before serving\n")
+    sys.exit(0)  # nothing was served, nothing to drain: a clean stop
+
+
 def main(argv: Optional[List[str]] = None) -> None:
+    # SIGTERM before the reactor runs (and installs its own handler) stops the server
+    # too.  Without a handler, PID 1 (a container's entrypoint) ignores the signal: a
+    # docker stop during a slow import would be lost and the server serve until killed.
+    signal.signal(signal.SIGTERM, _stopped_while_starting)
     try:
         settings = settings_from(argv)
         from .service import YimmoService

@@ -67,6 +67,8 @@ SCENARIOS = {
     "10k": ("payload_10k", None, "GET, 10 KiB body with Content-Length"),
     "upload": ("upload_echo", "upload.lua",
                "POST of 1 MiB, the app reads it all, answers its length"),
+    "upload-10k": ("upload_echo", "upload_10k.lua",
+                   "POST of 10 KiB, the app reads it all, answers its length"),
     "cpu": ("cpu", None, "GET, ~2 ms of pure-Python CPU work per request (GIL-bound)"),
     "flask": ("flask_app:app", None, "GET of a Flask hello route"),
     "django": ("django_app:application", None,

@@ -25,8 +25,8 @@ time of its process group, /proc/PID/stat, over the measured seconds: the cost o
 message, which moves far less than msgs/s when other jobs take the cores), this client's
 share of a core (near 100%: the client was the bound), yimmo's thread hand-overs per
 message (from its metrics), the mean round trip, and each server's rate over
-autobahn's.  Then a PASS/FAIL line per target (issue 9): yimmo at least 2x autobahn
-with one message in flight at 100 and 400 sessions, and at least 1x pipelined.
+autobahn's.  Then a PASS/FAIL line per target: yimmo at least 2x autobahn with one
+message in flight at 100 and 400 sessions, and at least 1x pipelined.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from run import cpu_seconds, print_checks  # noqa: E402
 HOST = "127.0.0.1"
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
-# The targets (issue 9): yimmo's msgs/s over autobahn's.
+# The targets: yimmo's msgs/s over autobahn's.
 TARGET_ONE_IN_FLIGHT = 2.0  # one message in flight per session, at these session counts
 TARGET_SESSIONS = (100, 400)
 TARGET_PIPELINED = 1.0  # few sessions, several messages in flight each
@@ -511,8 +511,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                       else "none"), flush=True)
     print()
     if "yimmo" in servers and "autobahn" in servers:
-        print("### targets (issue 9): yimmo >= %gx autobahn's msgs/s with one message in "
-              "flight at %s sessions, >= %gx with sessions that pipeline\n"
+        print("### targets (WebSocket echo): yimmo >= %gx autobahn's msgs/s with one "
+              "message in flight at %s sessions, >= %gx with sessions that pipeline\n"
               % (TARGET_ONE_IN_FLIGHT, " and ".join(map(str, TARGET_SESSIONS)),
                  TARGET_PIPELINED))
         print_checks(checks(summaries, cases))

@@ -452,13 +452,18 @@ def measure(server_name: str, scenario: str, args) -> Dict[str, object]:
 
 def measured_wrk(server: Server, script: Optional[str], args) -> Dict[str, object]:
     """wrk for ``args.duration`` seconds, parsed, with its output and the server's CPU time
-    per request (user + system of its process group, so workers count too)."""
-    cpu = cpu_seconds(server.proc.pid)  # the group's id is the leader's pid (new session)
+    per request (user + system of its process group, so workers count too), and that of
+    the group leader's main thread alone (a one-process yimmo's reactor: the rest is its
+    workers')."""
+    pid = server.proc.pid  # the group's id is the leader's pid (new session)
+    cpu, main = cpu_seconds(pid), thread_seconds(pid)
     out = wrk(server.port, script, args.duration, args)
-    cpu = cpu_seconds(server.proc.pid) - cpu
+    cpu, main = cpu_seconds(pid) - cpu, thread_seconds(pid) - main
     result = parse_wrk(out)
     result["wrk"] = out
-    result["cpu_us"] = 1e6 * cpu / result["requests"] if result["requests"] else None
+    requests = result["requests"]
+    result["cpu_us"] = 1e6 * cpu / requests if requests else None
+    result["main_us"] = 1e6 * main / requests if requests else None
     return result
 
 
@@ -554,6 +559,16 @@ def cpu_seconds(group: int) -> float:
     ticks = sum(int(fields[11]) + int(fields[12])  # utime, stime
                 for fields in group_stats(group).values())
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def thread_seconds(pid: int) -> float:
+    """User and system CPU time so far of the main thread of process ``pid``."""
+    try:
+        with open("/proc/%d/task/%d/stat" % (pid, pid)) as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(group: int) -> int:
@@ -930,7 +945,8 @@ def print_table(scenario: str, rows: List[Dict[str, object]], skipped: List[str]
     sys.stdout.flush()
 
 
-WRK_COLUMNS = [("req/s", "---:"), ("server CPU µs/req", "---:"), ("p99 ms", "---:"),
+WRK_COLUMNS = [("req/s", "---:"), ("server CPU µs/req", "---:"),
+               ("of it, main thread", "---:"), ("p99 ms", "---:"),
                ("errors", "---"), ("yimmo/peer", "---"), ("server/ceiling", "---")]
 
 
@@ -946,8 +962,9 @@ def ceiling_ratio(rows: List[Dict[str, object]], row: Dict[str, object]) -> str:
 
 
 def wrk_cells(rows: List[Dict[str, object]], row: Dict[str, object]) -> List[str]:
-    return ["%.0f" % row["rps"], cpu_text(row.get("cpu_us")), p99_text(row.get("p99_ms")),
-            cell(errors_text(row)), ratio(rows, row), ceiling_ratio(rows, row)]
+    return ["%.0f" % row["rps"], cpu_text(row.get("cpu_us")), cpu_text(row.get("main_us")),
+            p99_text(row.get("p99_ms")), cell(errors_text(row)), ratio(rows, row),
+            ceiling_ratio(rows, row)]
 
 
 DOWNLOAD_COLUMNS = [("best s", "---:"), ("median s", "---:"), ("MB/s (best)", "---:"),

@@ -134,7 +134,19 @@ class InputStream:
         have = len(buf) - pos
         if stop and buf.find(stop, pos) >= 0:
             return
-        parts = [buf[pos:]]
+        if not have:
+            # All read: the next chunk often does alone (an upload read whole, or in
+            # pieces smaller than the reactor's reads), and is then used as it is, not
+            # copied by a join.
+            data = self._pull()
+            if not data or len(data) >= size or (stop and stop in data):
+                self._buf = data
+                self._pos = 0
+                return
+            parts = [data]
+            have = len(data)
+        else:
+            parts = [buf[pos:]]
         while have < size:
             data = self._pull()
             if not data:

@@ -471,6 +471,87 @@ def test_runs_do_iteration_not_for_a_loop_of_its_own():
     assert not compat.runs_do_iteration(NoIteration.__new__(NoIteration))
 
 
+class _Reader(abstract.FileDescriptor):
+    """One end of a socket pair on a reactor: records its reads, or raises in them."""
+
+    def __init__(self, sock, reactor, fail=False):
+        super().__init__(reactor)
+        self.sock = sock
+        self.fail = fail
+        self.read = b""
+        self.lost = []
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def doRead(self):
+        if self.fail:
+            raise RuntimeError("the protocol's own bug")
+        self.read += self.sock.recv(100)
+
+    def connectionLost(self, reason):
+        self.lost.append(reason)
+        super().connectionLost(reason)
+
+
+@pytest.fixture
+def epoll():
+    reactor = epollreactor.EPollReactor()  # built, not installed: its poll is called here
+    yield reactor
+    reactor._poller.close()
+    reactor.waker.connectionLost(None)
+
+
+def test_plain_poll_dispatches_reads_and_errors_as_dopoll_does(epoll):
+    poll = compat.plain_poll(epoll)
+    assert poll is not None
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    errors = []
+
+    def observe(event):
+        failure = event.get("log_failure") or event.get("failure")  # log.err's: legacy
+        if failure is not None:
+            errors.append(failure.getErrorMessage())
+
+    try:
+        good, bad = _Reader(a, epoll), _Reader(c, epoll, fail=True)
+        epoll.addReader(good)
+        epoll.addReader(bad)
+        b.send(b"ping")
+        d.send(b"boom")
+        globalLogPublisher.addObserver(observe)
+        try:
+            poll(1.0)
+        finally:
+            globalLogPublisher.removeObserver(observe)
+        assert good.read == b"ping" and not good.lost
+        # What a protocol raises is logged, its connection dropped, the loop goes on.
+        assert len(bad.lost) == 1 and bad not in epoll.getReaders()
+        assert errors == ["the protocol's own bug"]
+        b.send(b"pong")
+        poll(1.0)
+        assert good.read == b"pingpong"
+        poll(0)  # nothing ready: returns at once
+    finally:
+        for s in (a, b, c, d):
+            s.close()
+
+
+def test_plain_poll_only_for_the_epoll_reactor_as_twisted_wrote_it(epoll):
+    class OwnPoll(epollreactor.EPollReactor):
+        def doPoll(self, timeout):
+            pass
+
+    assert compat.plain_poll(OwnPoll.__new__(OwnPoll)) is None
+    assert compat.plain_poll(pollreactor.PollReactor.__new__(pollreactor.PollReactor)) is None
+    assert compat.plain_poll(selectreactor.SelectReactor.__new__(
+        selectreactor.SelectReactor)) is None
+    del epoll._selectables  # renamed in a release to come, say
+    assert compat.plain_poll(epoll) is None
+    epoll._selectables = {}
+
+
 # -- TLS ---------------------------------------------------------------------------------
 
 def test_ssl_context_factory(certificate, monkeypatch):  # noqa: F811

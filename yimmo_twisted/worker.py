@@ -398,7 +398,7 @@ class WorkerPool:
         reactor.callLater(0, reactor.callLater, 0, confirm)
 
     def _hook(self, reactor) -> None:
-        iterate = reactor.doIteration
+        iterate = compat.plain_poll(reactor) or reactor.doIteration
         handoff = self.handoff
         steal_after = self.steal_after
 

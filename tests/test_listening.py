@@ -30,13 +30,13 @@ def _ssl_endpoint(cert: str, key: str) -> str:
     return "ssl:0:interface=%s:privateKey=%s:certKey=%s" % (LOCAL, key, cert)
 
 
-def _start_tls(serve, certificate, how: str, no_proc: str):
+def _start_tls(serve, certificate, how: str, no_proc: str, *args: str):
     """A server of ``apps:hello`` with TLS set up ``how``: tls-cert or ssl."""
     cert, key = certificate
     if how == "tls-cert":
         return serve("apps:hello", "-P", "0", "--tls-cert", cert, "--tls-key", key,
-                     "-p", no_proc, listen=False)
-    return serve("apps:hello", "--listen", _ssl_endpoint(cert, key), "-p", no_proc,
+                     "-p", no_proc, *args, listen=False)
+    return serve("apps:hello", "--listen", _ssl_endpoint(cert, key), "-p", no_proc, *args,
                  listen=False)
 
 
@@ -60,24 +60,27 @@ def _tls_exchange(port: int, alpn: Optional[List[str]], clear: bytes = b""):
 
 @pytest.mark.parametrize("how,no_proc", [("tls-cert", "1"), ("ssl", "1"),
                                          ("tls-cert", "2"), ("ssl", "2")])
-def test_curl_negotiates_http11(serve, certificate, how, no_proc):
-    """curl offers h2 and http/1.1 by ALPN: it must get http/1.1, not a handshake alert."""
+@pytest.mark.parametrize("http2,version", [("on", "2"), ("off", "1.1")])
+def test_curl_negotiates(serve, certificate, how, no_proc, http2, version):
+    """curl offers h2 and http/1.1 by ALPN: it must get h2 (or http/1.1 with http2 off),
+    not a handshake alert."""
     curl = shutil.which("curl")
     if curl is None:
         pytest.skip("needs curl")
-    server = _start_tls(serve, certificate, how, no_proc)
+    server = _start_tls(serve, certificate, how, no_proc, "--http2", http2)
     out = subprocess.run([curl, "-sk", "--max-time", "5", "-w", "\n%{http_version}",
                           "https://%s:%d/" % (LOCAL, server.port)],
                          capture_output=True, text=True, timeout=10)
     assert out.returncode == 0, (out, server.output())
-    assert out.stdout == "Hello, World!\n\n1.1"
+    assert out.stdout == "Hello, World!\n\n" + version
 
 
 @pytest.mark.parametrize("how,no_proc", [("tls-cert", "1"), ("ssl", "2")])
 @pytest.mark.parametrize("alpn,selected", [(["h2", "http/1.1"], "http/1.1"),
                                            (["http/1.1"], "http/1.1"), (None, None)])
 def test_alpn_selects_http11(serve, certificate, how, no_proc, alpn, selected):
-    server = _start_tls(serve, certificate, how, no_proc)
+    # With HTTP/2 off, as h2 would be selected otherwise (test_http2.py).
+    server = _start_tls(serve, certificate, how, no_proc, "--http2", "off")
     protocol, r = _tls_exchange(server.port, alpn)
     assert (protocol, r.status, r.body) == (selected, 200, b"Hello, World!\n")
 
@@ -98,7 +101,7 @@ def test_alpn_behind_proxy_protocol(serve, certificate, no_proc, version):
     process as with several."""
     cert, key = certificate
     server = serve("apps:environ_app", "--listen", "haproxy:" + _ssl_endpoint(cert, key),
-                   "-p", no_proc, listen=False)
+                   "-p", no_proc, "--http2", "off", listen=False)
     protocol, r = _tls_exchange(server.port, ["h2", "http/1.1"], PROXY_HEADERS[version])
     environ = r.json()
     assert (protocol, r.status) == ("http/1.1", 200)

@@ -344,6 +344,20 @@ OPTIONS = (
     Option("reload_paths", _paths, "YIMMO_WSGI_RELOAD_PATHS", ("--reload-paths",),
            _w("reload_paths"), "more files or folders whose changes reload, with reload "
            "(commas or spaces separate several)", "PATHS"),
+    # HTTP/2 (http2.py); the timeouts, max_body_size and the buffers hold for its streams too.
+    Option("http2", _flag, "YIMMO_HTTP2", ("--http2",), _w("http2", "enabled"),
+           "offer HTTP/2 by ALPN (h2, then http/1.1) on TLS endpoints (on/off)", "ON|OFF"),
+    Option("http2_cleartext", _flag, "YIMMO_HTTP2_CLEARTEXT", ("--http2-cleartext",),
+           _w("http2", "cleartext"),
+           "with http2, also accept HTTP/2 by prior knowledge (h2c, no Upgrade) on plain "
+           "endpoints (on/off)", "ON|OFF"),
+    Option("http2_max_concurrent_streams", _positive_int, "YIMMO_HTTP2_MAX_CONCURRENT_STREAMS",
+           ("--http2-max-concurrent-streams",), _w("http2", "max_concurrent_streams"),
+           "HTTP/2 streams one connection may have open at once (more: REFUSED_STREAM)"),
+    Option("http2_max_header_list_size", _size, "YIMMO_HTTP2_MAX_HEADER_LIST_SIZE",
+           ("--http2-max-header-list-size",), _w("http2", "max_header_list_size"),
+           "bytes of one HTTP/2 request's decoded header list, as RFC 9113 counts them "
+           "(more: the connection ends)"),
     # WebSockets (websockets.py); input_buffer and output_buffer bound their queues too.
     Option("ws_max_message_size", _size, "YIMMO_WS_MAX_MESSAGE_SIZE",
            ("--ws-max-message-size",), _w("websockets", "max_message_size"),
@@ -446,6 +460,10 @@ class Settings:
     timeout_action: str = "log"
     reload: bool = False
     reload_paths: List[str] = field(default_factory=list)
+    http2: bool = True
+    http2_cleartext: bool = False  # gunicorn's name; prior knowledge only
+    http2_max_concurrent_streams: int = 100  # RFC 9113's recommended minimum, nginx's 128
+    http2_max_header_list_size: int = 65536  # as max_header_bytes
     ws_max_message_size: int = 16 << 20
     ws_max_frame_size: int = 16 << 20
     ws_compression: bool = False

@@ -51,7 +51,7 @@ def running(worker: Worker) -> str:
     """What ``worker`` runs: ``GET /path`` (no query: it may hold secrets), or WebSocket
     callbacks."""
     current = worker.current
-    if type(current) is not Exchange:
+    if not isinstance(current, Exchange):  # an HTTP/2 stream's (H2Exchange) too
         return "WebSocket callbacks" if current is not None else "nothing"
     environ = current.environ
     return "%s %s" % (environ.get("REQUEST_METHOD", "?"), environ.get("PATH_INFO", "?"))

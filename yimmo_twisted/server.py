@@ -29,6 +29,7 @@ from .config import Settings, split_endpoint
 from .context import ErrorStream, FileWrapper
 from .exchange import SERVER_SOFTWARE
 from .forwarded import Trusted
+from .http2 import H2Session, Negotiator
 from .logs import AccessLog, logger, nothing_to_reopen, on_sigusr1
 from .recycle import Watchdog
 from .session import _IDLE, HTTPSession
@@ -41,8 +42,13 @@ log = logger("yimmo.server")
 # (a fresh connection gets this long for its first request to arrive).
 DRAIN_IDLE = 0.25
 
-# What TLS's ALPN may select, preferred first (HTTP/2, once served, goes in front).
+# What TLS's ALPN may select, preferred first: without HTTP/2, and with it.
 ALPN_PROTOCOLS = (b"http/1.1",)
+ALPN_PROTOCOLS_H2 = (b"h2", b"http/1.1")
+
+# How a connection's protocol is chosen (SessionFactory): HTTP/1.x alone, or HTTP/2 too,
+# by TLS's ALPN or by the client's preface (prior knowledge, on plain endpoints).
+HTTP1_ONLY, BY_ALPN, BY_PREFACE = range(3)
 
 
 def url_scheme(description: str) -> str:
@@ -74,19 +80,23 @@ def listening_endpoint(reactor, description: str) -> IStreamServerEndpoint:
 class SessionFactory(Factory):
     noisy = False
 
-    def __init__(self, server: "Server", base_environ: dict) -> None:
+    def __init__(self, server: "Server", base_environ: dict,
+                 negotiate: int = HTTP1_ONLY) -> None:
         self.server = server
         self.base_environ = base_environ
+        self.negotiate = negotiate
 
-    def buildProtocol(self, addr) -> HTTPSession:
+    def buildProtocol(self, addr) -> Protocol:
         self.server.connections += 1
-        return HTTPSession(self.server, self.base_environ)
+        if self.negotiate == HTTP1_ONLY:
+            return HTTPSession(self.server, self.base_environ)
+        return Negotiator(self.server, self.base_environ, self.negotiate == BY_ALPN)
 
     def acceptableProtocols(self) -> List[bytes]:
         """For ALPN: Twisted's TLS asks the factory it wraps (this one) for the protocols
         it may select, and fails the handshake of every client that offers ALPN when that
         factory names none."""
-        return list(ALPN_PROTOCOLS)
+        return list(ALPN_PROTOCOLS_H2 if self.negotiate == BY_ALPN else ALPN_PROTOCOLS)
 
 
 # How a PROXY header begins: v1's line, v2's signature (12 bytes).
@@ -194,7 +204,7 @@ class Server(service.Service):
         self.app = app
         self.settings = settings
         self.adopted = adopted
-        self.sessions: Set[HTTPSession] = set()
+        self.sessions: Set["HTTPSession | H2Session"] = set()
         # PROXY connections whose header is still to come (they have no session yet).
         self.awaiting_header: Set[ProxiedSession] = set()
         self.handoff = Handoff(reactor, settings.output_buffer)
@@ -236,8 +246,15 @@ class Server(service.Service):
     def _factory(self, description: str) -> Factory[Any]:
         """The protocols of a connection: [PROXY wrapper,] [TLS,] session."""
         base = dict(self.base_environ, **{"wsgi.url_scheme": url_scheme(description)})
-        factory: Factory[Any] = SessionFactory(self, base)
         proxied, inner = split_endpoint(description)
+        s = self.settings
+        negotiate = HTTP1_ONLY
+        if s.http2:
+            if inner.startswith("ssl:"):
+                negotiate = BY_ALPN
+            elif s.http2_cleartext:
+                negotiate = BY_PREFACE
+        factory: Factory[Any] = SessionFactory(self, base, negotiate)
         if inner.startswith("ssl:"):
             # The port is plain TCP (listening_endpoint): TLS goes on here.
             from twisted.protocols.tls import TLSMemoryBIOFactory

@@ -35,7 +35,7 @@ import threading
 from collections import deque
 from queue import SimpleQueue
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional, Protocol, Union, cast
 
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
@@ -46,6 +46,7 @@ from .exchange import MORE, Exchange
 from .logs import logger
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .http2 import H2Exchange
     from .metrics import Tally
 
 log = logger("yimmo.worker")
@@ -239,7 +240,9 @@ class Worker(threading.Thread):
                 if not isinstance(exchange, Exchange):
                     exchange.run()  # a WebSocket's callbacks, a file's close()
                 elif not exchange.session.gone:
-                    context = Context(exchange, emit)
+                    # An HTTP/2 stream's exchange frames its response its own way.
+                    context = (Context(exchange, emit) if type(exchange) is Exchange
+                               else cast("H2Exchange", exchange).context(emit))
                     context.run(app)
                     if access is not None:
                         access(context)

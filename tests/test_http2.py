@@ -1,0 +1,402 @@
+"""
+HTTP/2 (http2.py), black-box: the real server over real sockets on 127.0.0.1, with the
+``h2`` library as the client (frames as a client sends them, windows it opens or not),
+and curl (nghttp2) by prior knowledge and over TLS with ALPN; HTTP/1.1 on the same ports.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated, DataReceived, ResponseReceived, StreamEnded, StreamReset,
+)
+from h2.settings import SettingCodes, Settings
+
+from test_listening import LOCAL, PROXY_HEADERS, _ssl_endpoint, _tls_exchange
+
+pytestmark = pytest.mark.timeout(30)
+
+H2C = ("--http2-cleartext", "on")
+
+
+class Stream:
+    def __init__(self) -> None:
+        self.headers: List[Tuple[bytes, bytes]] = []
+        self.data = bytearray()
+        self.ended = False
+        self.reset: Optional[int] = None
+
+    @property
+    def status(self) -> int:
+        return int(dict(self.headers)[b":status"])
+
+    def header(self, name: bytes) -> Optional[bytes]:
+        return dict(self.headers).get(name)
+
+
+class Client:
+    """One HTTP/2 connection, as the h2 library's client; ``ack`` False opens no windows."""
+
+    def __init__(self, port: int, tls: bool = False, window: Optional[int] = None,
+                 ack: bool = True, start: bool = True, clear: bytes = b"") -> None:
+        sock = socket.create_connection((LOCAL, port), timeout=5)
+        sock.sendall(clear)  # before TLS: a PROXY header
+        if tls:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            context.set_alpn_protocols(["h2", "http/1.1"])
+            sock = context.wrap_socket(sock)
+            assert sock.selected_alpn_protocol() == "h2"
+        self.sock = sock
+        self.conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        if window is not None:
+            self.conn.local_settings = Settings(
+                client=True, initial_values={SettingCodes.INITIAL_WINDOW_SIZE: window})
+        self.ack = ack
+        self.streams: Dict[int, Stream] = {}
+        self.goaway: Optional[ConnectionTerminated] = None
+        self.closed = False
+        self.port = port
+        if start:
+            self.conn.initiate_connection()
+            self.flush()
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def request(self, path: str = "/", method: str = "GET", body: bytes = b"",
+                headers: Optional[List[Tuple[str, str]]] = None, end: bool = True,
+                flush: bool = True, authority: Optional[str] = "example.test") -> int:
+        sid = self.conn.get_next_available_stream_id()
+        head = [(":method", method), (":path", path), (":scheme", "http")]
+        if authority is not None:
+            head.append((":authority", authority))
+        head += list(headers or [])
+        self.streams[sid] = Stream()
+        self.conn.send_headers(sid, [(k.encode(), v.encode()) for k, v in head],
+                               end_stream=end and not body)
+        if body:
+            self.send_body(sid, body, end)
+        if flush:
+            self.flush()
+        return sid
+
+    def send_body(self, sid: int, body: bytes, end: bool = True) -> None:
+        """Send ``body`` as the server's windows allow, reading meanwhile."""
+        view = memoryview(body)
+        while view:
+            window = min(self.conn.local_flow_control_window(sid),
+                         self.conn.max_outbound_frame_size)
+            if window <= 0:
+                self.flush()
+                self.read_once()
+                continue
+            self.conn.send_data(sid, bytes(view[:window]))
+            view = view[window:]
+        if end:
+            self.conn.end_stream(sid)
+        self.flush()
+
+    def read_once(self, timeout: float = 5.0) -> None:
+        self.sock.settimeout(timeout)
+        data = self.sock.recv(65536)
+        if not data:
+            self.closed = True
+            return
+        for event in self.conn.receive_data(data):
+            stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
+            if isinstance(event, ResponseReceived) and stream is not None:
+                stream.headers = event.headers
+            elif isinstance(event, DataReceived) and stream is not None:
+                stream.data += event.data
+                if self.ack:
+                    self.conn.acknowledge_received_data(event.flow_controlled_length,
+                                                        event.stream_id)
+            elif isinstance(event, StreamEnded) and stream is not None:
+                stream.ended = True
+            elif isinstance(event, StreamReset) and stream is not None:
+                stream.reset = event.error_code
+            elif isinstance(event, ConnectionTerminated):
+                self.goaway = event
+        self.flush()
+
+    def wait(self, predicate, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            left = deadline - time.monotonic()
+            assert left > 0, "timed out"
+            assert not self.closed, "connection closed"
+            self.read_once(left)
+
+    def get(self, path: str = "/", **kw) -> Stream:
+        sid = self.request(path, **kw)
+        stream = self.streams[sid]
+        self.wait(lambda: stream.ended or stream.reset is not None)
+        return stream
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def h2c(serve):
+    """A server of apps (h2c by prior knowledge) and a client factory for it."""
+    clients: List[Client] = []
+
+    def start(app: str = "apps:environ_app", *args: str, **kw):
+        server = serve(app, *H2C, *args)
+
+        def client(**ckw) -> Client:
+            c = Client(server.port, **ckw)
+            clients.append(c)
+            return c
+        return server, client
+
+    yield start
+    for c in clients:
+        c.close()
+
+
+# -- requests -----------------------------------------------------------------------------
+
+def test_get_environ(h2c):
+    server, client = h2c()
+    s = client().get("/a%20b?x=1", headers=[("x-a", "1"), ("x-a", "2"), ("cookie", "a=1"),
+                                             ("cookie", "b=2")])
+    assert s.status == 200
+    env = json.loads(bytes(s.data))
+    assert env["SERVER_PROTOCOL"] == "HTTP/2"
+    assert env["HTTP_HOST"] == "example.test"  # from :authority
+    assert (env["PATH_INFO"], env["QUERY_STRING"], env["RAW_URI"]) == ("/a b", "x=1", "/a%20b?x=1")
+    assert env["HTTP_X_A"] == "1, 2" and env["HTTP_COOKIE"] == "a=1; b=2"
+    assert env["REQUEST_METHOD"] == "GET" and env["REMOTE_ADDR"] == "127.0.0.1"
+    assert env["wsgi.url_scheme"] == "http"
+    assert s.header(b"content-length") == str(len(s.data)).encode()
+    assert s.header(b"server") == b"yimmo-twisted" and s.header(b"date")
+
+
+def test_host_header_without_authority(h2c):
+    server, client = h2c()
+    env = json.loads(bytes(client().get("/", headers=[("host", "h.test")],
+                                        authority=None).data))
+    assert env["HTTP_HOST"] == "h.test"
+
+
+def test_head_and_no_body_statuses(h2c):
+    server, client = h2c("apps:app")
+    c = client()
+    s = c.get("/", method="HEAD")
+    assert s.status == 200 and not s.data
+    for code in ("204", "304"):
+        s = c.get("/status/" + code)
+        assert s.status == int(code) and not s.data and s.header(b"content-length") is None
+
+
+def test_post_body_streamed(h2c):
+    server, client = h2c("apps:echo_chunks", "--input-buffer", "64K")
+    body = bytes(range(256)) * (3 * 4096)  # 3 MiB: many times the window and the buffer
+    s = client().get("/?n=65536", method="POST", body=body)
+    assert s.status == 200 and bytes(s.data) == body
+
+
+def test_post_small_body_with_length(h2c):
+    server, client = h2c("apps:echo")
+    s = client().get("/", method="POST", body=b"hello", headers=[("content-length", "5")])
+    assert (s.status, bytes(s.data), s.header(b"x-content-length")) == (200, b"hello", b"5")
+
+
+def test_large_response_small_window(h2c):
+    server, client = h2c("apps:big")
+    c = client(window=1024)
+    s = c.get("/?size=%d&block=65536" % (2 << 20), )
+    assert s.status == 200 and len(s.data) == 2 << 20
+    assert bytes(s.data[:256]) == bytes(range(256))
+
+
+def test_app_errors(h2c):
+    server, client = h2c("apps:app")
+    c = client()
+    assert c.get("/raise-before").status == 500
+    s = c.get("/raise-after")  # the head went out: the stream is reset
+    assert s.reset == ErrorCodes.INTERNAL_ERROR or not s.ended
+    assert c.get("/").status == 200  # the connection goes on
+
+
+# -- streams ---------------------------------------------------------------------------------
+
+def test_slow_stream_does_not_block_a_fast_one(h2c):
+    server, client = h2c("apps:app")
+    c = client()
+    slow = c.request("/sleep?t=1.5")
+    started = time.monotonic()
+    fast = c.get("/")
+    assert fast.status == 200 and time.monotonic() - started < 1.0
+    assert not c.streams[slow].ended
+    c.wait(lambda: c.streams[slow].ended)
+    assert bytes(c.streams[slow].data).startswith(b"slept")
+
+
+def test_stream_not_read_does_not_block_others(h2c):
+    """One stream's client window stays shut: its worker waits, the others are served."""
+    server, client = h2c("apps:app", "--output-buffer", "64K", "-t", "2")
+    c = client(window=65535, ack=False)
+    stuck = c.request("/big?size=%d" % (8 << 20))
+    c.wait(lambda: len(c.streams[stuck].data) >= 65535 - 16384)
+    # The connection window is shared: reopen it without opening the stuck stream's.
+    c.conn.increment_flow_control_window(1 << 30)
+    c.flush()
+    c.ack = True
+    s = c.get("/")
+    assert s.status == 200 and not c.streams[stuck].ended
+
+
+def test_reset_mid_response_frees_the_worker(h2c):
+    server, client = h2c("apps:app", "-t", "1", "--output-buffer", "64K")
+    c = client(window=65535, ack=False)
+    sid = c.request("/big?size=%d" % (64 << 20))
+    c.wait(lambda: len(c.streams[sid].data) > 0)
+    c.conn.reset_stream(sid, ErrorCodes.CANCEL)
+    c.flush()
+    c.ack = True
+    c.conn.increment_flow_control_window(1 << 30)
+    s = c.get("/")  # the only worker is free again
+    assert s.status == 200
+
+
+def test_max_concurrent_streams(h2c):
+    server, client = h2c("apps:app", "--http2-max-concurrent-streams", "2", "-t", "4")
+    c = client(start=False)
+    c.conn.initiate_connection()
+    # Sent before the client has the server's SETTINGS: as a client that ignores them.
+    sids = [c.request("/sleep?t=0.5", flush=False) for _ in range(3)]
+    c.flush()
+    c.wait(lambda: all(c.streams[s].ended or c.streams[s].reset is not None for s in sids))
+    outcomes = sorted((c.streams[s].reset or 0) for s in sids)
+    assert outcomes == [0, 0, ErrorCodes.REFUSED_STREAM]
+    assert c.conn.remote_settings.max_concurrent_streams == 2
+
+
+def test_sigterm_sends_goaway_and_finishes_streams(h2c):
+    """The drain: GOAWAY to every connection, the streams in flight answered (curl's: h2
+    as a client takes a GOAWAY for the end of all streams), then the connections close."""
+    server, client = h2c("apps:app")
+    idle = client()
+    assert idle.get("/").status == 200
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("needs curl")
+    inflight = subprocess.Popen(
+        [curl, "-s", "--http2-prior-knowledge", "--max-time", "5", "-w", "\n%{http_version}",
+         server.url + "/sleep?t=1"], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.4)
+    server.signal(signal.SIGTERM)
+    idle.wait(lambda: idle.goaway is not None)
+    assert (idle.goaway.error_code, idle.goaway.last_stream_id) == (0, 1)
+    idle.wait(lambda: idle.closed)
+    out, _ = inflight.communicate(timeout=10)
+    assert inflight.returncode == 0 and out == "slept /sleep?t=1\n2"
+    assert server.wait_exit(10) == 0
+
+
+def test_protocol_error_closes_the_connection(h2c):
+    server, client = h2c()
+    c = client()
+    c.sock.sendall(b"\x00\x00\x04\x08\x00\x00\x00\x00\x00")  # WINDOW_UPDATE, short of its body
+    c.sock.sendall(b"\x00" * 64)
+    c.wait(lambda: c.closed or c.goaway is not None)
+
+
+def test_http11_on_a_cleartext_port(h2c):
+    server, client = h2c("apps:hello")
+    assert server.get("/").body == b"Hello, World!\n"
+
+
+def test_cleartext_off_by_default(serve):
+    server = serve("apps:hello")
+    with socket.create_connection((LOCAL, server.port), timeout=5) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 505 ")  # "HTTP/2.0"
+
+
+# -- curl and TLS ---------------------------------------------------------------------------
+
+def _curl(*args: str) -> subprocess.CompletedProcess:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("needs curl")
+    return subprocess.run([curl, "-sk", "--max-time", "5", "-w", "\n%{http_version}", *args],
+                          capture_output=True, text=True, timeout=10)
+
+
+def test_curl_prior_knowledge(h2c):
+    server, client = h2c("apps:echo")
+    out = _curl("--http2-prior-knowledge", "--data-binary", "abc", server.url + "/")
+    assert out.returncode == 0, out
+    assert out.stdout == "abc\n2"
+
+
+@pytest.fixture
+def tls_server(serve, certificate):
+    def start(*args: str):
+        cert, key = certificate
+        return serve("apps:environ_app", "--listen", _ssl_endpoint(cert, key), *args,
+                     listen=False)
+    return start
+
+
+def test_tls_alpn(tls_server):
+    server = tls_server()
+    url = "https://%s:%d/" % (LOCAL, server.port)
+    out = _curl("--http2", url)
+    assert out.returncode == 0, out
+    body, version = out.stdout.rsplit("\n", 1)
+    assert version == "2" and json.loads(body)["wsgi.url_scheme"] == "https"
+    assert json.loads(body)["SERVER_PROTOCOL"] == "HTTP/2"
+    out = _curl("--http1.1", url)
+    assert out.returncode == 0 and out.stdout.endswith("\n1.1"), out
+    # ALPN offering h2 and http/1.1, http/1.1 alone, and none.
+    assert _tls_exchange(server.port, ["http/1.1"])[0] == "http/1.1"
+    protocol, r = _tls_exchange(server.port, None)
+    assert (protocol, r.status) == (None, 200)
+    c = Client(server.port, tls=True)
+    try:
+        assert json.loads(bytes(c.get("/").data))["SERVER_PROTOCOL"] == "HTTP/2"
+    finally:
+        c.close()
+
+
+def test_tls_http2_off(tls_server):
+    server = tls_server("--http2", "off")
+    protocol, r = _tls_exchange(server.port, ["h2", "http/1.1"])
+    assert (protocol, r.status) == ("http/1.1", 200)
+    out = _curl("--http2", "https://%s:%d/" % (LOCAL, server.port))
+    assert out.returncode == 0 and out.stdout.endswith("\n1.1"), out
+
+
+@pytest.mark.parametrize("no_proc", ["1", "2"])
+def test_tls_behind_proxy_protocol(serve, certificate, no_proc):
+    cert, key = certificate
+    server = serve("apps:environ_app", "--listen", "haproxy:" + _ssl_endpoint(cert, key),
+                   "-p", no_proc, listen=False)
+    c = Client(server.port, tls=True, clear=PROXY_HEADERS["v2"])
+    try:
+        env = json.loads(bytes(c.get("/").data))
+    finally:
+        c.close()
+    assert (env["REMOTE_ADDR"], env["SERVER_PROTOCOL"], env["wsgi.url_scheme"]) \
+        == ("203.0.113.7", "HTTP/2", "https")

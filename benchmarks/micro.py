@@ -6,6 +6,7 @@ request per dataReceived as wrk sends them.
 
     python benchmarks/micro.py                      # the yimmo_twisted that imports
     python benchmarks/micro.py ../old .            # checkouts (git worktrees), compared
+    python benchmarks/micro.py --app benchmarks.flask_app:app   # another app than hello
 
 For each request kind it prints µs/request of ``dataReceived`` alone (reader, exchange,
 dispatch) and of the full inline path (that, plus Context.run of the app, the handoff's
@@ -21,6 +22,7 @@ import argparse
 import gc
 import importlib
 import importlib.util
+import io
 import os
 import sys
 from time import perf_counter
@@ -100,18 +102,18 @@ class Tree:
         self.HTTPSession = sub("session").HTTPSession
 
 
-def connection(tree: Tree):
+def connection(tree: Tree, app: Callable = hello):
     reactor = Reactor()
-    server = tree.Server(hello, tree.Settings(access_log="off"), reactor)
+    server = tree.Server(app, tree.Settings(access_log="off"), reactor)
     transport = StringTransport()
     session = tree.HTTPSession(server)
     session.makeConnection(transport)
     return reactor, server, transport, session
 
 
-def run(tree: Tree, request: bytes, number: int, full: bool) -> float:
+def run(tree: Tree, request: bytes, number: int, full: bool, app: Callable = hello) -> float:
     """Seconds for ``number`` requests; with ``full`` False, only their dataReceived."""
-    reactor, server, transport, session = connection(tree)
+    reactor, server, transport, session = connection(tree, app)
     Context = tree.Context
     pool = server.pool
     queue = pool.workers[0].queue
@@ -128,7 +130,7 @@ def run(tree: Tree, request: bytes, number: int, full: bool) -> float:
             if not full:
                 elapsed += perf_counter() - start
             # The rest of the exchange, inline: the app, the output back on the "reactor".
-            Context(queue.popleft(), emit).run(hello)
+            Context(queue.popleft(), emit).run(app)
             reactor.pump()
             transport.clear()
         if full:
@@ -139,13 +141,51 @@ def run(tree: Tree, request: bytes, number: int, full: bool) -> float:
     return elapsed
 
 
+def app_alone(tree: Tree, request: bytes, number: int, app: Callable) -> float:
+    """Seconds for ``number`` calls of ``app`` itself, with this server's environ for
+    ``request`` and a start_response that does nothing: what the app costs without a
+    server, for the whole path's figure to be compared with."""
+    reactor, server, transport, session = connection(tree, app)
+    session.dataReceived(request)
+    environ = server.pool.workers[0].queue.popleft().environ
+
+    def start_response(status, headers, exc_info=None):
+        return lambda data: None
+
+    gc.disable()
+    try:
+        start = perf_counter()
+        for _ in range(number):
+            env = environ.copy()
+            env["wsgi.input"] = io.BytesIO(b"")
+            result = app(env, start_response)
+            for _ in result:
+                pass
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        return perf_counter() - start
+    finally:
+        gc.enable()
+
+
+def load(spec: str) -> Callable:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name or "app")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("trees", nargs="*", metavar="CHECKOUT",
                         help="directories holding a yimmo_twisted/ (default: the importable one)")
     parser.add_argument("--number", type=int, default=20000, help="requests per run")
     parser.add_argument("--repeat", type=int, default=7, help="runs; the best is shown")
+    parser.add_argument("--app", metavar="MODULE:NAME", default=None,
+                        help="the WSGI app to run (default: a hello world); the figure "
+                             "'app alone' is then that app called without the server")
     args = parser.parse_args()
+    sys.path.insert(0, os.getcwd())  # --app's module, as yimmo-wsgi finds it
+    app = hello if args.app is None else load(args.app)
     trees = [Tree(root) for root in args.trees] or [Tree()]
     # perf_counter's own cost, taken off the dataReceived-alone figure.
     t0 = perf_counter()
@@ -157,16 +197,20 @@ def main() -> None:
         for tree in trees:
             for name, request in REQUESTS.items():
                 for full in (False, True):
-                    seconds = run(tree, request, args.number, full) / args.number
+                    seconds = run(tree, request, args.number, full, app) / args.number
                     key = (tree.name, name, full)
                     best[key] = min(best.get(key, seconds), seconds)
+                seconds = app_alone(tree, request, args.number, app) / args.number
+                key = (tree.name, name, None)
+                best[key] = min(best.get(key, seconds), seconds)
     width = max(len(tree.name) for tree in trees)
-    print("%-*s  %-8s %16s %8s" % (width, "checkout", "request", "dataReceived µs", "full µs"))
+    print("%-*s  %-8s %16s %8s %14s" % (width, "checkout", "request", "dataReceived µs",
+                                         "full µs", "app alone µs"))
     for tree in trees:
         for name in REQUESTS:
-            print("%-*s  %-8s %16.2f %8.2f" % (
+            print("%-*s  %-8s %16.2f %8.2f %14.2f" % (
                 width, tree.name, name, (best[(tree.name, name, False)] - overhead) * 1e6,
-                best[(tree.name, name, True)] * 1e6))
+                best[(tree.name, name, True)] * 1e6, best[(tree.name, name, None)] * 1e6))
 
 
 if __name__ == "__main__":

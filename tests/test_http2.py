@@ -220,6 +220,17 @@ def test_post_small_body_with_length(h2c):
     assert (s.status, bytes(s.data), s.header(b"x-content-length")) == (200, b"hello", b"5")
 
 
+def test_empty_data_frames_do_not_end_the_body(h2c):
+    server, client = h2c("apps:echo")
+    c = client()
+    sid = c.request("/", method="POST", body=b"ab", end=False)
+    c.conn.send_data(sid, b"")
+    c.conn.send_data(sid, b"cd", end_stream=True)
+    c.flush()
+    c.wait(lambda: c.streams[sid].ended)
+    assert bytes(c.streams[sid].data) == b"abcd"
+
+
 def test_large_response_small_window(h2c):
     server, client = h2c("apps:big")
     c = client(window=1024)
@@ -242,10 +253,10 @@ def test_app_errors(h2c):
 def test_slow_stream_does_not_block_a_fast_one(h2c):
     server, client = h2c("apps:app")
     c = client()
-    slow = c.request("/sleep?t=1.5")
+    slow = c.request("/sleep?t=1")
     started = time.monotonic()
     fast = c.get("/")
-    assert fast.status == 200 and time.monotonic() - started < 1.0
+    assert fast.status == 200 and time.monotonic() - started < 0.5
     assert not c.streams[slow].ended
     c.wait(lambda: c.streams[slow].ended)
     assert bytes(c.streams[slow].data).startswith(b"slept")
@@ -311,6 +322,101 @@ def test_sigterm_sends_goaway_and_finishes_streams(h2c):
     out, _ = inflight.communicate(timeout=10)
     assert inflight.returncode == 0 and out == "slept /sleep?t=1\n2"
     assert server.wait_exit(10) == 0
+
+
+# -- limits and attacks ------------------------------------------------------------------
+
+def test_rapid_reset_is_bounded(h2c):
+    """CVE-2023-44487: streams opened and reset at once, without end; past
+    http2_max_resets the connection ends with ENHANCE_YOUR_CALM."""
+    server, client = h2c("apps:app", "--http2-max-resets", "20")
+    c = client()
+    for _ in range(30):
+        sid = c.request("/sleep?t=0.2", flush=False)
+        c.conn.reset_stream(sid, ErrorCodes.CANCEL)
+    c.flush()
+    c.wait(lambda: c.goaway is not None)
+    assert c.goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    c.wait(lambda: c.closed)
+    fresh = client()  # others are served
+    assert fresh.get("/").status == 200
+
+
+def test_resets_within_the_limit_are_fine(h2c):
+    server, client = h2c("apps:app", "--http2-max-resets", "20")
+    c = client()
+    for _ in range(10):
+        sid = c.request("/sleep?t=0.1")
+        c.conn.reset_stream(sid, ErrorCodes.CANCEL)
+    assert c.get("/").status == 200 and c.goaway is None
+
+
+def test_zero_window_held_forever_times_out(h2c):
+    """A stream whose client never opens its window is reset after send_timeout, and its
+    worker freed; the connection and its other streams go on."""
+    server, client = h2c("apps:app", "-t", "1", "--send-timeout", "0.5",
+                         "--output-buffer", "64K")
+    c = client(window=0, ack=False)
+    sid = c.request("/big?size=%d" % (1 << 20))
+    c.wait(lambda: c.streams[sid].reset is not None, timeout=5)
+    assert c.streams[sid].reset == ErrorCodes.CANCEL
+    c.conn.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 65535})
+    c.ack = True
+    c.flush()
+    assert c.get("/").status == 200  # the only worker is free again
+
+
+def test_idle_connection_gets_goaway(h2c):
+    server, client = h2c("apps:hello", "--idle-timeout", "0.3")
+    c = client()
+    assert c.get("/").status == 200
+    c.wait(lambda: c.goaway is not None, timeout=3)
+    assert c.goaway.error_code == 0
+    c.wait(lambda: c.closed, timeout=3)
+
+
+def test_stalled_request_body_times_out(h2c):
+    server, client = h2c("apps:echo", "--read-timeout", "0.5")
+    c = client()
+    sid = c.request("/", method="POST", body=b"part", end=False)
+    c.wait(lambda: c.streams[sid].ended or c.streams[sid].reset is not None, timeout=5)
+    assert c.streams[sid].status == 408
+    assert c.get("/").status == 200
+
+
+def test_body_over_max_body_size(h2c):
+    server, client = h2c("apps:echo", "--max-body-size", "1K")
+    c = client()
+    s = c.get("/", method="POST", body=b"x" * 2048)
+    assert s.status == 413
+    s = c.get("/", method="POST", body=b"x" * 2048, headers=[("content-length", "2048")])
+    assert s.status == 413
+    assert c.get("/", method="POST", body=b"ok").status == 200
+
+
+def test_ping_flood_from_a_client_that_does_not_read(h2c):
+    """The PING acks pile up in the transport: the server stops reading the client
+    instead of buffering them without bound."""
+    server, client = h2c("apps:hello")
+    c = client()
+    assert c.get("/").status == 200
+    ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"12345678"
+    burst = ping * 60000  # about 1 MiB
+    c.sock.settimeout(0.5)
+    sent = 0
+    with pytest.raises(socket.timeout):
+        for _ in range(200):  # 200 MiB, far more than the kernel buffers hold
+            sent += c.sock.send(burst)
+    assert sent < 100 << 20
+    assert server.get("/").status == 200  # and the server is well
+
+
+def test_header_list_too_large(h2c):
+    server, client = h2c("apps:hello", "--http2-max-header-list-size", "4K")
+    c = client()
+    c.request("/", headers=[("x-big", "v" * 8192)])
+    c.wait(lambda: c.goaway is not None or c.closed)
+    assert c.goaway is None or c.goaway.error_code != 0
 
 
 def test_protocol_error_closes_the_connection(h2c):
@@ -400,3 +506,81 @@ def test_tls_behind_proxy_protocol(serve, certificate, no_proc):
         c.close()
     assert (env["REMOTE_ADDR"], env["SERVER_PROTOCOL"], env["wsgi.url_scheme"]) \
         == ("203.0.113.7", "HTTP/2", "https")
+
+
+# -- PEP 3333 over HTTP/2 --------------------------------------------------------------------
+# Tests of test_pep3333.py, run here again with its ``request`` going over HTTP/2: the
+# module's ``server`` fixture is replaced by one whose connections speak h2.
+
+class _H2Connection:
+    """What test_pep3333's ``request`` uses of a connection: send an HTTP/1.1 request's
+    bytes, read its response; here, as one HTTP/2 stream."""
+
+    def __init__(self, port: int, timeout: float) -> None:
+        self.client = Client(port)
+        self.timeout = timeout
+        self.sid = 0
+
+    def __enter__(self) -> "_H2Connection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.client.close()
+
+    def send(self, raw: bytes) -> None:
+        head, _, body = raw.partition(b"\r\n\r\n")
+        line, *fields = head.decode("latin-1").split("\r\n")
+        method, target, _version = line.split(" ")
+        headers, authority = [], None
+        for field in fields:
+            name, _, value = field.partition(":")
+            name, value = name.strip().lower(), value.strip()
+            if name == "host":
+                authority = value
+            elif name not in ("connection", "keep-alive", "transfer-encoding"):
+                headers.append((name, value))
+        self.sid = self.client.request(target, method, body, headers, authority=authority)
+
+    def read_response(self, head_request: bool = False, timeout: float = 5.0):
+        import rawhttp
+        stream = self.client.streams[self.sid]
+        self.client.wait(lambda: stream.ended or stream.reset is not None, timeout)
+        headers = [(k.decode(), v.decode("latin-1")) for k, v in stream.headers
+                   if not k.startswith(b":")]
+        return rawhttp.Response("HTTP/2", stream.status, "", headers, bytes(stream.data),
+                                b"", "h2")
+
+
+class _H2Server:
+    def __init__(self, process) -> None:
+        self.process = process
+
+    def __getattr__(self, name: str):
+        return getattr(self.process, name)
+
+    def connect(self, timeout: float = 5.0) -> _H2Connection:
+        return _H2Connection(self.process.port, timeout)
+
+
+@pytest.fixture(scope="module")
+def server():
+    from conftest import start_server
+    s = start_server("pep_apps:app", "-t", "4", "--output-buffer", "256K",
+                     "--input-buffer", "256K", *H2C)
+    yield _H2Server(s)
+    s.stop()
+
+
+from test_pep3333 import (  # noqa: E402  (collected here too, over HTTP/2)
+    test_environ_content_type_and_length_without_http_prefix,
+    test_environ_path_info_decoded_as_latin1, test_environ_query_string_raw,
+    test_environ_repeated_headers_joined, test_environ_request_method,
+    test_input_content_length, test_wsgi_errors_goes_to_the_log,
+)
+
+__all__ = [
+    "test_environ_content_type_and_length_without_http_prefix",
+    "test_environ_path_info_decoded_as_latin1", "test_environ_query_string_raw",
+    "test_environ_repeated_headers_joined", "test_environ_request_method",
+    "test_input_content_length", "test_wsgi_errors_goes_to_the_log",
+]

@@ -358,6 +358,10 @@ OPTIONS = (
            ("--http2-max-header-list-size",), _w("http2", "max_header_list_size"),
            "bytes of one HTTP/2 request's decoded header list, as RFC 9113 counts them "
            "(more: the connection ends)"),
+    Option("http2_max_resets", _positive_int, "YIMMO_HTTP2_MAX_RESETS", ("--http2-max-resets",),
+           _w("http2", "max_resets"),
+           "HTTP/2 streams a client may reset in 30 s on one connection, against rapid "
+           "reset floods (more: GOAWAY ENHANCE_YOUR_CALM)"),
     # WebSockets (websockets.py); input_buffer and output_buffer bound their queues too.
     Option("ws_max_message_size", _size, "YIMMO_WS_MAX_MESSAGE_SIZE",
            ("--ws-max-message-size",), _w("websockets", "max_message_size"),
@@ -464,6 +468,7 @@ class Settings:
     http2_cleartext: bool = False  # gunicorn's name; prior knowledge only
     http2_max_concurrent_streams: int = 100  # RFC 9113's recommended minimum, nginx's 128
     http2_max_header_list_size: int = 65536  # as max_header_bytes
+    http2_max_resets: int = 200  # Netty's: 200 in 30 s
     ws_max_message_size: int = 16 << 20
     ws_max_frame_size: int = 16 << 20
     ws_compression: bool = False

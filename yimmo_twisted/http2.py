@@ -73,6 +73,8 @@ _SERVER_VALUE = SERVER_SOFTWARE.encode("ascii")
 _STREAM_WINDOW = 65535
 # h2's stream limit until the client acknowledges ours (see H2Session.__init__).
 _UNACKNOWLEDGED_STREAMS = 1 << 20
+# http2_max_resets counts the client's resets over this many seconds (as Netty does).
+_RESET_WINDOW = 30.0
 
 
 # -- the worker side -----------------------------------------------------------------------
@@ -200,6 +202,10 @@ class H2Stream(Channel):
         self.head_sent = False
         self.unacked = 0  # request body bytes received and not yet acknowledged
         self.held = False  # its (small) body is read whole before the app runs
+        # The client's turn, with a deadline each: its body's next DATA (read_timeout),
+        # a window for the output waiting (send_timeout).
+        self.read_by: Optional[float] = None
+        self.send_by: Optional[float] = None
 
     def deliver(self, source: Any, data: Optional[bytes], end: int) -> None:
         self.connection.deliver(self, source, data, end)
@@ -237,8 +243,14 @@ class H2Session(Protocol):
         self._keep_alive = not server.draining
         # For the server's drain and sweep: never idle in its sense (this closes itself).
         self.phase = _APP
-        self.deadline: Optional[float] = None  # idle: no stream open
-        self.send_deadline: Optional[float] = None  # output waits for the client
+        # The earliest of the connection's and its streams' deadlines (check_timeout).
+        self.deadline: Optional[float] = None
+        self._idle_by: Optional[float] = None  # no stream open: GOAWAY then
+        self.send_deadline: Optional[float] = None  # the transport's buffer stays full
+        # Streams the client reset (CVE-2023-44487, "rapid reset"): their count in the
+        # current window of _RESET_WINDOW seconds, and when that window began.
+        self._resets = 0
+        self._resets_since = 0.0
 
     # -- what the server sees ------------------------------------------------------------
 
@@ -270,7 +282,7 @@ class H2Session(Protocol):
         conn.increment_flow_control_window(
             _STREAM_WINDOW * self.settings.http2_max_concurrent_streams)
         self._write_out()
-        self.deadline = self._now() + self.settings.idle_timeout
+        self._idle_by = self.deadline = self._now() + self.settings.idle_timeout
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.server.sessions.discard(self)
@@ -278,7 +290,7 @@ class H2Session(Protocol):
 
     def _drop_all(self, why: str) -> None:
         self.gone = True
-        self.deadline = self.send_deadline = None
+        self.deadline = self._idle_by = self.send_deadline = None
         streams = list(self.streams.values())
         self.streams.clear()
         for stream in streams:
@@ -300,13 +312,20 @@ class H2Session(Protocol):
     # -- the transport's producer ------------------------------------------------------
 
     def pauseProducing(self) -> None:
+        """
+        The client reads nothing: stop reading it too.  h2 answers PING and SETTINGS by
+        itself, so a client sending them and reading nothing would otherwise have the
+        answers pile up here without end (RFC 9113 10.5).
+        """
         self.paused = True
+        self.transport.pauseProducing()
         if self.send_deadline is None:
             self.send_deadline = self._now() + self.settings.send_timeout
 
     def resumeProducing(self) -> None:
         self.paused = False
         self.send_deadline = None
+        self.transport.resumeProducing()
         self._flush_all()
         self._write_out()
 
@@ -336,7 +355,8 @@ class H2Session(Protocol):
             elif isinstance(event, StreamEnded):
                 self._on_end(event.stream_id)
             elif isinstance(event, StreamReset):
-                self._on_reset(event.stream_id)
+                if not self._on_reset(event.stream_id):
+                    return
             elif isinstance(event, WindowUpdated):
                 if event.stream_id:
                     stream = self.streams.get(event.stream_id)
@@ -426,7 +446,9 @@ class H2Session(Protocol):
         ex = H2Exchange(stream, env, body, head_only, expect_continue)
         stream.exchange = ex
         self.streams[sid] = stream
-        self.deadline = None
+        self._idle_by = None
+        if body is not None:
+            self._read_by(stream)
         if not stream.held:
             ex.dispatched = True
             self.server.pool.submit(ex)
@@ -437,11 +459,15 @@ class H2Session(Protocol):
         stream = self.streams.get(sid)
         ex = None if stream is None else stream.exchange
         body = None if ex is None else ex.body
-        if body is None or stream is None or ex is None or body.discard:
-            # Nobody reads it (a stream refused, reset, or whose app is done).
-            self.conn.acknowledge_received_data(flow, sid)
+        data = event.data
+        if body is None or stream is None or ex is None or body.discard or not data:
+            # Nobody reads it (a stream refused, reset, or whose app is done), or it is
+            # empty (padding, or the END_STREAM flag alone): an empty chunk would be
+            # the body's end to wsgi.input.
+            if flow:
+                self.conn.acknowledge_received_data(flow, sid)
             return
-        if body.fed + len(event.data) > self.settings.max_body_size:
+        if body.fed + len(data) > self.settings.max_body_size:
             self.conn.acknowledge_received_data(flow, sid)
             if ex.dispatched:
                 body.fail(HTTPError(413, "request body too large"))
@@ -449,16 +475,19 @@ class H2Session(Protocol):
                 del self.streams[sid]
                 self._respond(stream, 413, "request body too large", ex.head_only)
             return
-        if body.feed(event.data) or stream.unacked:
+        if body.feed(data) or stream.unacked:
             stream.unacked += flow  # acknowledged as the app reads (RESUME)
+            stream.read_by = None  # the server holds the client back, not the reverse
         else:
             self.conn.acknowledge_received_data(flow, sid)
+            self._read_by(stream)
 
     def _on_end(self, sid: int) -> None:
         stream = self.streams.get(sid)
         if stream is None or stream.exchange is None:
             return
         ex = stream.exchange
+        stream.read_by = None
         if ex.body is not None:
             ex.body.finish()
         if stream.held:
@@ -466,11 +495,47 @@ class H2Session(Protocol):
             ex.dispatched = True
             self.server.pool.submit(ex)
 
-    def _on_reset(self, sid: int) -> None:
+    def _on_reset(self, sid: int) -> bool:
+        """The client reset a stream; False once it has reset too many (GOAWAY sent)."""
         stream = self.streams.pop(sid, None)
-        if stream is not None:
-            self._drop_stream(stream, "stream reset by the client")
-            self._maybe_close()
+        if stream is None:
+            return True
+        self._drop_stream(stream, "stream reset by the client")
+        self._release_window(stream)
+        # Each reset stream may have cost a worker its app's time: a client that opens
+        # and resets streams endlessly gets more of it than any limit on streams open.
+        now = self._now()
+        if now - self._resets_since >= _RESET_WINDOW:
+            self._resets_since = now
+            self._resets = 0
+        self._resets += 1
+        if self._resets > self.settings.http2_max_resets:
+            log.info("closing an HTTP/2 connection: {n} streams reset by its client in "
+                     "{window} s (http2_max_resets)", n=self._resets, window=_RESET_WINDOW)
+            self._close_now(ErrorCodes.ENHANCE_YOUR_CALM)
+            return False
+        self._maybe_close()
+        return True
+
+    def _close_now(self, error: int) -> None:
+        """End the connection and every stream on it with GOAWAY ``error``."""
+        self._drop_all("connection closed: error %d" % error)
+        self.conn.close_connection(error)
+        self._write_out()
+        self.transport.loseConnection()
+
+    def _read_by(self, stream: H2Stream) -> None:
+        stream.read_by = when = self._now() + self.settings.read_timeout
+        if self.deadline is None or when < self.deadline:
+            self.deadline = when
+
+    def _release_window(self, stream: H2Stream) -> None:
+        """What a closed stream holds of the connection's window: the client may use it."""
+        unacked = stream.unacked
+        if unacked:
+            stream.unacked = 0
+            # The stream is closed: h2 acknowledges this on the connection alone.
+            self.conn.acknowledge_received_data(unacked, stream.stream_id)
 
     def _ack(self, stream: H2Stream) -> None:
         """The app read its body: let the client send more (the worker's RESUME)."""
@@ -536,8 +601,10 @@ class H2Session(Protocol):
                 window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
                 if window <= 0:
                     # The client's window is shut: it has send_timeout to open it.
-                    if self.send_deadline is None:
-                        self.send_deadline = self._now() + self.settings.send_timeout
+                    if stream.send_by is None:
+                        stream.send_by = when = self._now() + self.settings.send_timeout
+                        if self.deadline is None or when < self.deadline:
+                            self.deadline = when
                     break
                 data = out[0]
                 if len(data) <= window:
@@ -558,7 +625,8 @@ class H2Session(Protocol):
             self._drop_stream(stream, "stream closed")
             return
         if sent:
-            self.send_deadline = None
+            if out:
+                stream.send_by = None  # progress: the deadline starts again when stuck
             stream.consumed += sent
             if stream.writer_waiting:
                 stream.writable.set()
@@ -579,6 +647,7 @@ class H2Session(Protocol):
                 self.conn.reset_stream(stream.stream_id, ErrorCodes.NO_ERROR)
             except StreamClosedError:
                 pass
+            self._release_window(stream)
         self._maybe_close()
 
     def _respond(self, stream: H2Stream, status: int, reason: str, head_only: bool) -> None:
@@ -624,10 +693,10 @@ class H2Session(Protocol):
             return
         if self._goaway:
             self.gone = True
-            self.deadline = None
+            self.deadline = self._idle_by = None
             self.transport.loseConnection()
         elif not self.gone:
-            self.deadline = self._now() + self.settings.idle_timeout
+            self._idle_by = self.deadline = self._now() + self.settings.idle_timeout
 
     def check_timeout(self, now: float) -> None:
         """Called by the server's sweep; acts when this connection's deadline has passed."""
@@ -639,9 +708,38 @@ class H2Session(Protocol):
             self.transport.abortConnection()
             return
         deadline = self.deadline
-        if deadline is not None and now >= deadline and not self.streams:
-            self.deadline = None
+        if deadline is None or now < deadline:
+            return
+        if self._idle_by is not None and now >= self._idle_by and not self.streams:
+            self._idle_by = self.deadline = None
             self._send_goaway()
+            self._write_out()
+            return
+        for stream in list(self.streams.values()):
+            if stream.send_by is not None and now >= stream.send_by:
+                log.info("resetting an HTTP/2 stream: its client opened no window for "
+                         "{timeout:g} s (send_timeout)", timeout=self.settings.send_timeout)
+                self.streams.pop(stream.stream_id, None)
+                self._drop_stream(stream, "client does not read")
+                self.conn.reset_stream(stream.stream_id, ErrorCodes.CANCEL)
+                self._release_window(stream)
+            elif stream.read_by is not None and now >= stream.read_by:
+                stream.read_by = None
+                ex = stream.exchange
+                if ex is None or ex.body is None:
+                    continue
+                if ex.dispatched:
+                    ex.body.fail(HTTPError(408, "request body timed out"))  # to the app
+                else:
+                    self.streams.pop(stream.stream_id, None)
+                    self._respond(stream, 408, "request body timed out", ex.head_only)
+                    self._release_window(stream)
+        # The next deadline: the earliest left.
+        times = [t for stream in self.streams.values()
+                 for t in (stream.send_by, stream.read_by) if t is not None]
+        self.deadline = min(times) if times else None
+        self._write_out()
+        self._maybe_close()
 
 
 # -- negotiation ---------------------------------------------------------------------------

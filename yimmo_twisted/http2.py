@@ -558,7 +558,9 @@ class H2Session(Protocol):
         try:
             if not stream.head_sent:
                 if data is CONTINUE_100:
+                    # InputStream's "100 Continue" for HTTP/1.1: here an informational head.
                     conn.send_headers(sid, [(b":status", b"100")])
+                    stream.consumed += len(data)
                     self._write_out()
                     return
                 head = exchange.head
@@ -647,13 +649,16 @@ class H2Session(Protocol):
                 self.conn.reset_stream(stream.stream_id, ErrorCodes.NO_ERROR)
             except StreamClosedError:
                 pass
-            self._release_window(stream)
+        self._release_window(stream)  # closed now: on the connection's window alone
         self._maybe_close()
 
     def _respond(self, stream: H2Stream, status: int, reason: str, head_only: bool) -> None:
         """The server's own answer on ``stream`` (no exchange runs)."""
         log.info("refusing an HTTP/2 request: {status} {reason}", status=status, reason=reason)
         self.server.refused[status] += 1
+        access = self.server.access
+        if access is not None:
+            access.refused(self._base["REMOTE_ADDR"], status)
         head, body = _error(status, reason, head_only)
         conn = self.conn
         sid = stream.stream_id

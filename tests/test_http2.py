@@ -20,7 +20,8 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
-    ConnectionTerminated, DataReceived, ResponseReceived, StreamEnded, StreamReset,
+    ConnectionTerminated, DataReceived, InformationalResponseReceived, ResponseReceived,
+    StreamEnded, StreamReset,
 )
 from h2.settings import SettingCodes, Settings
 
@@ -34,6 +35,7 @@ H2C = ("--http2-cleartext", "on")
 class Stream:
     def __init__(self) -> None:
         self.headers: List[Tuple[bytes, bytes]] = []
+        self.informational: List[List[Tuple[bytes, bytes]]] = []  # 1xx heads
         self.data = bytearray()
         self.ended = False
         self.reset: Optional[int] = None
@@ -122,6 +124,8 @@ class Client:
             stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
             if isinstance(event, ResponseReceived) and stream is not None:
                 stream.headers = event.headers
+            elif isinstance(event, InformationalResponseReceived) and stream is not None:
+                stream.informational.append(event.headers)
             elif isinstance(event, DataReceived) and stream is not None:
                 stream.data += event.data
                 if self.ack:
@@ -229,6 +233,54 @@ def test_empty_data_frames_do_not_end_the_body(h2c):
     c.flush()
     c.wait(lambda: c.streams[sid].ended)
     assert bytes(c.streams[sid].data) == b"abcd"
+
+
+def test_write_callable_chunked_and_file_wrapper(h2c, tmp_path):
+    server, client = h2c("file_apps:app")
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(256)) * 1000)
+    c = client()
+    s = c.get("/file?path=%s&offset=6" % path)
+    assert s.status == 200 and bytes(s.data) == path.read_bytes()[6:]
+    assert s.header(b"content-length") == b"%d" % (256000 - 6)
+    s = c.get("/file?path=%s" % path, method="HEAD")
+    assert s.status == 200 and not s.data
+
+
+def test_write_and_generator_bodies(h2c):
+    server, client = h2c("apps:app")
+    c = client()
+    s = c.get("/write")
+    assert bytes(s.data) == b"written twice\n" and s.header(b"transfer-encoding") is None
+    s = c.get("/chunked?n=3")
+    assert bytes(s.data) == b"part 0\npart 1\npart 2\n"
+    s = c.get("/short")  # less than its Content-Length: the stream is reset
+    assert s.reset == ErrorCodes.INTERNAL_ERROR
+
+
+def test_access_log_says_http2(h2c):
+    server, client = h2c("apps:hello")
+    assert client().get("/?q=1").status == 200
+    server.wait_for_output(r'"GET /\?q=1 HTTP/2" 200 14 "-" "-" \d+\n')
+
+
+def test_expect_100_continue(h2c, tmp_path):
+    server, client = h2c("apps:echo")
+    upload = tmp_path / "upload"
+    upload.write_bytes(b"x" * 2000000)
+    started = time.monotonic()
+    out = _curl("--http2-prior-knowledge", "-H", "Expect: 100-continue",
+                "--data-binary", "@%s" % upload, "-o", "/dev/null",
+                "-w", "%{http_code} %{http_version}", server.url + "/")
+    assert time.monotonic() - started < 0.9  # curl waits 1 s for a 100 that never comes
+    assert out.returncode == 0 and out.stdout == "200 2", out
+    c = client()
+    sid = c.request("/", method="POST", headers=[("expect", "100-continue")], end=False)
+    c.wait(lambda: c.streams[sid].informational)
+    assert c.streams[sid].informational == [[(b":status", b"100")]]
+    c.send_body(sid, b"after 100")
+    c.wait(lambda: c.streams[sid].ended)
+    assert bytes(c.streams[sid].data) == b"after 100"
 
 
 def test_large_response_small_window(h2c):
@@ -417,6 +469,17 @@ def test_header_list_too_large(h2c):
     c.request("/", headers=[("x-big", "v" * 8192)])
     c.wait(lambda: c.goaway is not None or c.closed)
     assert c.goaway is None or c.goaway.error_code != 0
+
+
+def test_hpack_bomb(h2c):
+    """A few bytes on the wire (one value, then references to it in the dynamic table)
+    that decode to more than http2_max_header_list_size: the connection ends."""
+    server, client = h2c("apps:hello")
+    c = client()
+    c.request("/", headers=[("x-bomb", "b" * 4000)] * 40)  # 160 KB decoded
+    c.wait(lambda: c.goaway is not None or c.closed)
+    assert c.goaway is None or c.goaway.error_code != 0
+    assert server.get("/").status == 200
 
 
 def test_protocol_error_closes_the_connection(h2c):

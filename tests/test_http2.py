@@ -490,6 +490,20 @@ def test_protocol_error_closes_the_connection(h2c):
     c.wait(lambda: c.closed or c.goaway is not None)
 
 
+def test_unix_socket(serve, tmp_path):
+    path = str(tmp_path / "h2.sock")
+    server = serve("apps:environ_app", "--listen", "unix:" + path, *H2C, listen=False,
+                   wait=False)
+    server.wait_for_output("listening on unix " + path)
+    for flag, version, protocol in (("--http2-prior-knowledge", "2", "HTTP/2"),
+                                    ("--http1.1", "1.1", "HTTP/1.1")):
+        out = _curl("--unix-socket", path, flag, "http://localhost/")
+        assert out.returncode == 0, (out, server.output())
+        body, got = out.stdout.rsplit("\n", 1)
+        assert (got, json.loads(body)["SERVER_PROTOCOL"]) == (version, protocol)
+        assert json.loads(body)["REMOTE_ADDR"] == "unix:"
+
+
 def test_http11_on_a_cleartext_port(h2c):
     server, client = h2c("apps:hello")
     assert server.get("/").body == b"Hello, World!\n"

@@ -78,8 +78,11 @@ class Client:
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
-        if data:
-            self.sock.sendall(data)
+        if data and not self.closed:
+            try:
+                self.sock.sendall(data)
+            except OSError:  # the server closed the connection meanwhile
+                self.closed = True
 
     def request(self, path: str = "/", method: str = "GET", body: bytes = b"",
                 headers: Optional[List[Tuple[str, str]]] = None, end: bool = True,
@@ -116,7 +119,10 @@ class Client:
 
     def read_once(self, timeout: float = 5.0) -> None:
         self.sock.settimeout(timeout)
-        data = self.sock.recv(65536)
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:
+            data = b""
         if not data:
             self.closed = True
             return
@@ -176,6 +182,28 @@ def h2c(serve):
         c.close()
 
 
+@pytest.fixture(scope="module")
+def shared_server():
+    """One server of apps:app (h2c) for the tests that need no settings of their own."""
+    from conftest import start_server
+    s = start_server("apps:app", *H2C)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def shared(shared_server):
+    clients: List[Client] = []
+
+    def client(**ckw) -> Client:
+        c = Client(shared_server.port, **ckw)
+        clients.append(c)
+        return c
+    yield shared_server, client
+    for c in clients:
+        c.close()
+
+
 # -- requests -----------------------------------------------------------------------------
 
 def test_get_environ(h2c):
@@ -201,8 +229,8 @@ def test_host_header_without_authority(h2c):
     assert env["HTTP_HOST"] == "h.test"
 
 
-def test_head_and_no_body_statuses(h2c):
-    server, client = h2c("apps:app")
+def test_head_and_no_body_statuses(shared):
+    server, client = shared
     c = client()
     s = c.get("/", method="HEAD")
     assert s.status == 200 and not s.data
@@ -247,8 +275,8 @@ def test_write_callable_chunked_and_file_wrapper(h2c, tmp_path):
     assert s.status == 200 and not s.data
 
 
-def test_write_and_generator_bodies(h2c):
-    server, client = h2c("apps:app")
+def test_write_and_generator_bodies(shared):
+    server, client = shared
     c = client()
     s = c.get("/write")
     assert bytes(s.data) == b"written twice\n" and s.header(b"transfer-encoding") is None
@@ -258,8 +286,8 @@ def test_write_and_generator_bodies(h2c):
     assert s.reset == ErrorCodes.INTERNAL_ERROR
 
 
-def test_access_log_says_http2(h2c):
-    server, client = h2c("apps:hello")
+def test_access_log_says_http2(shared):
+    server, client = shared
     assert client().get("/?q=1").status == 200
     server.wait_for_output(r'"GET /\?q=1 HTTP/2" 200 14 "-" "-" \d+\n')
 
@@ -291,8 +319,8 @@ def test_large_response_small_window(h2c):
     assert bytes(s.data[:256]) == bytes(range(256))
 
 
-def test_app_errors(h2c):
-    server, client = h2c("apps:app")
+def test_app_errors(shared):
+    server, client = shared
     c = client()
     assert c.get("/raise-before").status == 500
     s = c.get("/raise-after")  # the head went out: the stream is reset
@@ -302,8 +330,8 @@ def test_app_errors(h2c):
 
 # -- streams ---------------------------------------------------------------------------------
 
-def test_slow_stream_does_not_block_a_fast_one(h2c):
-    server, client = h2c("apps:app")
+def test_slow_stream_does_not_block_a_fast_one(shared):
+    server, client = shared
     c = client()
     slow = c.request("/sleep?t=1")
     started = time.monotonic()
@@ -471,10 +499,10 @@ def test_header_list_too_large(h2c):
     assert c.goaway is None or c.goaway.error_code != 0
 
 
-def test_hpack_bomb(h2c):
+def test_hpack_bomb(shared):
     """A few bytes on the wire (one value, then references to it in the dynamic table)
     that decode to more than http2_max_header_list_size: the connection ends."""
-    server, client = h2c("apps:hello")
+    server, client = shared
     c = client()
     c.request("/", headers=[("x-bomb", "b" * 4000)] * 40)  # 160 KB decoded
     c.wait(lambda: c.goaway is not None or c.closed)
@@ -482,8 +510,32 @@ def test_hpack_bomb(h2c):
     assert server.get("/").status == 200
 
 
-def test_protocol_error_closes_the_connection(h2c):
-    server, client = h2c()
+def test_continuation_flood(shared):
+    """A header block that never ends, CONTINUATION after CONTINUATION: h2 stops at 64
+    frames and the connection ends, rather than buffering without bound."""
+    from hyperframe.frame import ContinuationFrame, HeadersFrame
+    server, client = shared
+    c = client()
+    c.sock.sendall(HeadersFrame(1, data=b"\x82", flags=[]).serialize())  # :method GET
+    try:
+        for _ in range(200):
+            c.sock.sendall(ContinuationFrame(1, data=b"\x00" * 16000).serialize())
+    except OSError:
+        pass  # closed under us
+    ended = False
+    c.sock.settimeout(5)
+    try:
+        while c.sock.recv(65536):  # the server's SETTINGS, its GOAWAY, then the end
+            pass
+        ended = True
+    except ConnectionResetError:
+        ended = True
+    assert ended
+    assert server.get("/").status == 200
+
+
+def test_protocol_error_closes_the_connection(shared):
+    server, client = shared
     c = client()
     c.sock.sendall(b"\x00\x00\x04\x08\x00\x00\x00\x00\x00")  # WINDOW_UPDATE, short of its body
     c.sock.sendall(b"\x00" * 64)
@@ -504,8 +556,8 @@ def test_unix_socket(serve, tmp_path):
         assert json.loads(body)["REMOTE_ADDR"] == "unix:"
 
 
-def test_http11_on_a_cleartext_port(h2c):
-    server, client = h2c("apps:hello")
+def test_http11_on_a_cleartext_port(shared):
+    server, client = shared
     assert server.get("/").body == b"Hello, World!\n"
 
 

@@ -588,6 +588,17 @@ class H2Session(Protocol):
             # Closed by h2 meanwhile (the client's RST_STREAM in this same read).
             self.streams.pop(sid, None)
             self._drop_stream(stream, "stream closed")
+        except ProtocolError:
+            # What h2 refuses to send (a head it finds invalid): this stream fails, not
+            # the handoff that delivers every other one's output.
+            log.failure("HTTP/2 output refused on stream {sid}", sid=sid)
+            self.streams.pop(sid, None)
+            self._drop_stream(stream, "output refused")
+            try:
+                conn.reset_stream(sid, ErrorCodes.INTERNAL_ERROR)
+            except ProtocolError:
+                pass
+            self._maybe_close()
         self._write_out()
 
     def _flush(self, stream: H2Stream) -> None:

@@ -210,6 +210,21 @@ def test_request_line_edge_cases(serve, line, status):
         assert c.closed()
 
 
+def test_a_refused_connection_its_client_closed_ends_at_once(serve):
+    """After a refusal the server half-closes and lingers, reading what the client may still
+    send; once the client has closed too, the connection is over. It held the socket, and
+    the drain, for the whole linger time."""
+    s = serve("apps:app", "--linger", "5")
+    with s.connect() as c:
+        c.send(b"GET * HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c.read_response().status == 400
+        assert c.closed()
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert s.stop() == 0
+    assert time.monotonic() - started < 2.0
+
+
 def test_options_asterisk_reaches_the_app(serve):
     s = serve("apps:app")
     with s.connect() as c:

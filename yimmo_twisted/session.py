@@ -205,6 +205,12 @@ class HTTPSession(Protocol, Channel):
         then the connection closes.  A body cut short fails its exchange.
         """
         self._eof = True
+        if self.phase == _LINGER:
+            # Our FIN was sent after the last response; the client has read to its end and
+            # closed too: nothing is left to linger for.
+            self.deadline = None
+            self.transport.loseConnection()
+            return
         current = self._current
         if current is not None and current.body is not None:
             current.body.fail(ClientDisconnected("request body cut short"))

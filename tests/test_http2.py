@@ -246,6 +246,18 @@ def test_post_body_streamed(h2c):
     assert s.status == 200 and bytes(s.data) == body
 
 
+@pytest.mark.parametrize("length", ["-1", "1, 1", "+1", "\u0661", "2"])
+def test_invalid_content_length(shared, length):
+    """h2 ends the connection (PROTOCOL_ERROR): a malformed request, or DATA that does
+    not add up to its content-length."""
+    server, client = shared
+    c = client()
+    sid = c.request("/echo", method="POST", body=b"x", headers=[("content-length", length)])
+    c.wait(lambda: c.closed or c.goaway is not None or c.streams[sid].ended)
+    assert c.goaway is not None and c.goaway.error_code == ErrorCodes.PROTOCOL_ERROR
+    assert client().get("/").status == 200
+
+
 def test_post_small_body_with_length(h2c):
     server, client = h2c("apps:echo")
     s = client().get("/", method="POST", body=b"hello", headers=[("content-length", "5")])

@@ -429,11 +429,12 @@ class H2Session(Protocol):
             length: Optional[int] = None
             declared = env.get("CONTENT_LENGTH")
             if declared is not None:
-                try:
-                    length = int(declared)  # h2 checks it against the DATA received
-                except ValueError:
+                # Digits only, once (repeated fields were joined by ", "); h2 checks the
+                # length against the DATA received.
+                if not (declared.isascii() and declared.isdigit()):
                     self._respond(stream, 400, "invalid content-length", head_only)
                     return
+                length = int(declared)
                 if length > s.max_body_size:
                     self._respond(stream, 413, "request body too large", head_only)
                     return

@@ -52,7 +52,9 @@ _SERVER_LINE = b"Server: " + SERVER_SOFTWARE.encode("ascii") + b"\r\n"
 
 # What a response head does with a header field (_field's first item).
 _PLAIN, _DROP, _CLOSE_FIELD, _LENGTH, _SERVER, _DATE = range(6)
-Field = Tuple[int, bytes, Any]  # (kind, the field's line, its Content-Length or raw value)
+# (kind, its HTTP/1.1 line, its Content-Length or raw value, its HTTP/2 (name, value))
+Field = Tuple[int, bytes, Any, Tuple[bytes, bytes]]
+HTTP1_LINE, HTTP2_PAIR = 1, 3  # a Field's items that go into a head (Context._head_fields)
 
 # Header field (name, value) as the app gives it -> its Field, checked once.  Apps send the
 # same fields with each response (Content-Type: text/html, their Content-Length too, for
@@ -73,9 +75,10 @@ def _field(name: str, value: str) -> Field:
     if type(value) is not str or _BAD_VALUE.search(value):
         _reject("invalid value for header %r: %r" % (name, value))
     try:
-        line = b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+        bname, bvalue = name.encode("latin-1"), value.encode("latin-1")
     except UnicodeEncodeError:
         _reject("header %r is not latin-1: %r" % (name, value))
+    line = b"%s: %s\r\n" % (bname, bvalue)
     lname = name.lower()
     extra: Any = None
     if lname in _HOP_BY_HOP:
@@ -94,7 +97,7 @@ def _field(name: str, value: str) -> Field:
         kind = _DATE
     else:
         kind = _PLAIN
-    return kind, line, extra
+    return kind, line, extra, (bname.lower(), bvalue)  # HTTP/2: names in lower case
 
 
 class InputStream:
@@ -360,28 +363,9 @@ class Context:
         line, code = status
         never_length = code < 200 or code == 204  # RFC 9110 8.6: no Content-Length at all
         self.no_body = no_body = ex.head_only or never_length or code == 304
-        keep_alive = ex.keep_alive and ex.session.keep_alive
         lines = [line]
-        length = None
-        server = date = True
-        for kind, line, extra in self.fields:
-            if kind:
-                if kind == _LENGTH:
-                    if type(extra) is not int:
-                        raise ValueError("start_response: invalid Content-Length %r" % extra)
-                    length = extra
-                    if never_length:
-                        continue
-                elif kind == _DROP:
-                    continue
-                elif kind == _CLOSE_FIELD:
-                    keep_alive = False
-                    continue
-                elif kind == _SERVER:
-                    server = False
-                else:
-                    date = False
-            lines.append(line)
+        length, close, has_server, has_date = self._head_fields(lines, HTTP1_LINE, never_length)
+        keep_alive = ex.keep_alive and ex.session.keep_alive and not close
         self.chunked = False
         if length is None and not never_length:
             if total is not None and (not no_body or (ex.head_only and total)):
@@ -396,9 +380,9 @@ class Context:
                 else:
                     keep_alive = False  # HTTP/1.0: the body ends when the connection does
         self.content_length = None if no_body else length
-        if server:
+        if not has_server:
             lines.append(_SERVER_LINE)
-        if date:
+        if not has_date:
             lines.append(date_header())
         if not keep_alive:
             lines.append(b"Connection: close\r\n\r\n")
@@ -410,6 +394,38 @@ class Context:
         self.sent = 0
         self.head_sent = True
         return b"".join(lines)
+
+    def _head_fields(self, out: List[Any], at: int, never_length: bool
+                     ) -> Tuple[Optional[int], bool, bool, bool]:
+        """
+        Item ``at`` (HTTP1_LINE, HTTP2_PAIR) of each of the app's fields that goes into
+        the head, appended to ``out``; and what the fields say: (their Content-Length,
+        whether one is "Connection: close", whether they have a Server and a Date).
+        Hop-by-hop fields are the server's (PEP 3333): dropped.
+        """
+        length = None
+        close = server = date = False
+        for field in self.fields:
+            kind = field[0]
+            if kind:
+                if kind == _LENGTH:
+                    extra = field[2]
+                    if type(extra) is not int:
+                        raise ValueError("start_response: invalid Content-Length %r" % extra)
+                    length = extra
+                    if never_length:
+                        continue
+                elif kind == _DROP:
+                    continue
+                elif kind == _CLOSE_FIELD:
+                    close = True
+                    continue
+                elif kind == _SERVER:
+                    server = True
+                else:
+                    date = True
+            out.append(field[at])
+        return length, close, server, date
 
     def _frame(self, data: bytes) -> bytes:
         """Body bytes as they go on the wire: honouring Content-Length, chunked or not."""

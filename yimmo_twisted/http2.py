@@ -48,7 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import forwarded
-from .context import _DATE, _DROP, _CLOSE_FIELD, _LENGTH, _SERVER, Context, Emit, FileWrapper
+from .context import HTTP2_PAIR, Context, Emit, FileWrapper
 from .exchange import (
     ABORT, CLOSE, CONTINUE_100, DONE, RESUME, SERVER_SOFTWARE, ClientDisconnected, Exchange,
     RequestBody, date_header, error_response,
@@ -123,32 +123,18 @@ class H2Context(Context):
         never_length = code < 200 or code == 204  # RFC 9110 8.6
         self.no_body = no_body = ex.head_only or never_length or code == 304
         head = [(b":status", self.status[:3].encode("ascii"))]
-        length = None
-        server = date = True
-        # fields were checked from headers by start_response, one for one.
-        for (kind, _line, extra), (name, value) in zip(self.fields, self.headers):
-            if kind:
-                if kind == _LENGTH:
-                    if type(extra) is not int:
-                        raise ValueError("start_response: invalid Content-Length %r" % extra)
-                    length = extra
-                    if never_length:
-                        continue
-                elif kind == _DROP or kind == _CLOSE_FIELD:
-                    continue  # connection-specific: not in HTTP/2 (RFC 9113 8.2.2)
-                elif kind == _SERVER:
-                    server = False
-                elif kind == _DATE:
-                    date = False
-            head.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+        # Connection-specific fields have no place in HTTP/2 (RFC 9113 8.2.2): not even
+        # "Connection: close", which a stream has nothing to do with.
+        length, _close, has_server, has_date = self._head_fields(head, HTTP2_PAIR,
+                                                                 never_length)
         if length is None and not never_length and total is not None and (
                 not no_body or (ex.head_only and total)):
             length = total
             head.append((b"content-length", b"%d" % total))
         self.content_length = None if no_body else length
-        if server:
+        if not has_server:
             head.append((b"server", _SERVER_VALUE))
-        if date:
+        if not has_date:
             head.append((b"date", date_header()[6:-2]))
         self.chunked = False
         self.keep_alive = True

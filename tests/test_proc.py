@@ -53,6 +53,18 @@ def wait_gone(pids, timeout: float = 10.0) -> bool:
     return True
 
 
+def sighup_under(server, load, before: float) -> None:
+    """SIGHUP ``server`` after ``before`` seconds of ``load``, wait for the reload to be
+    done and half a second more, then stop the load (also when the reload fails)."""
+    try:
+        time.sleep(before)
+        server.signal(signal.SIGHUP)
+        server.wait_for_output("reload done", timeout=20)
+        time.sleep(0.5)
+    finally:
+        load.stop()
+
+
 class Load:
     """``clients`` threads sending requests on fresh connections until stopped (GET, or
     ``method`` with ``body``)."""
@@ -244,13 +256,7 @@ def test_sighup_replaces_processes_without_refusing(serve):
     server = serve("proc_apps:slow", "-p", "2", "-t", "2", "--access-log", "off")
     before: Set[int] = set(pids_of(server))
     load = Load(server.port, clients=4, target="/?s=0.02")
-    try:
-        time.sleep(0.5)
-        server.signal(signal.SIGHUP)
-        server.wait_for_output("reload done", timeout=20)
-        time.sleep(0.5)
-    finally:
-        load.stop()
+    sighup_under(server, load, 0.5)
     after = {int(p) for p in re.findall(r"server process \d+ ready \(pid (\d+)\)",
                                         server.output())} - before
     assert len(after) == 2

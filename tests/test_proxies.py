@@ -26,7 +26,7 @@ from websockets.sync.client import connect as ws_connect
 import rawhttp
 from conftest import ROOT, ServerProcess, wait_for
 from test_metrics import metrics_port, scrape, value
-from test_proc import Load, pids_of
+from test_proc import Load, pids_of, sighup_under
 from test_startup import LOCAL, free_port
 
 DEPLOY = Path(ROOT) / "examples" / "deploy"
@@ -309,13 +309,7 @@ def test_sighup_under_nginx_fails_no_request(nginx, serve):
     before = set(pids_of(server))
     proxy = nginx("127.0.0.1:%d" % server.port)
     load = MixedLoad(proxy.port)
-    try:
-        time.sleep(1.0)
-        server.signal(signal.SIGHUP)
-        server.wait_for_output("reload done", timeout=20)
-        time.sleep(0.5)
-    finally:
-        load.stop()
+    sighup_under(server, load, 1.0)
     # nginx answers 502 for a request yimmo refused or dropped: none, and the requests
     # on nginx's kept-alive connections to the old processes moved to the new ones.
     assert load.errors == [], load.errors[:5]

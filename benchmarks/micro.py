@@ -169,11 +169,6 @@ def app_alone(tree: Tree, request: bytes, number: int, app: Callable) -> float:
         gc.enable()
 
 
-def load(spec: str) -> Callable:
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name or "app")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("trees", nargs="*", metavar="CHECKOUT",
@@ -184,8 +179,11 @@ def main() -> None:
                         help="the WSGI app to run (default: a hello world); the figure "
                              "'app alone' is then that app called without the server")
     args = parser.parse_args()
-    sys.path.insert(0, os.getcwd())  # --app's module, as yimmo-wsgi finds it
-    app = hello if args.app is None else load(args.app)
+    if args.app is None:
+        app = hello
+    else:
+        from yimmo_twisted.util import load_app  # as yimmo-wsgi finds and loads apps
+        app = load_app(args.app)
     trees = [Tree(root) for root in args.trees] or [Tree()]
     # perf_counter's own cost, taken off the dataReceived-alone figure.
     t0 = perf_counter()

@@ -531,10 +531,11 @@ class Context:
                 if total == 0 or self.exchange.head_only:
                     self._finish(total)
                     return
-                if len(cast("List[bytes]", result)) == 1:
+                body = cast("List[bytes]", result)
+                if len(body) == 1:
                     # The common body, one string: head, body and end in one record.  (The
                     # head gets a Content-Length, so there is no last chunk to add.)
-                    out = self._head(total) + self._frame(cast("List[bytes]", result)[0])
+                    out = self._head(total) + self._frame(body[0])
                     self.emit(ex, out, self._end())
                     return
                 for data in result:

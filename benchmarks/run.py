@@ -538,37 +538,40 @@ def download(port: int) -> float:
         return time.perf_counter() - started
 
 
+def stat_fields(path: str) -> Optional[List[str]]:
+    """The fields of a /proc stat file after the command name; None once it is gone."""
+    try:
+        with open(path) as f:
+            return f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def cpu_ticks(fields: List[str]) -> int:
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
 def group_stats(group: int) -> Dict[str, List[str]]:
     """The /proc/PID/stat fields after the command name of each process in ``group``."""
     stats = {}
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name) as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:
-            continue  # gone meanwhile
-        if int(fields[2]) == group:  # the process group
-            stats[name] = fields
+        if name.isdigit():
+            fields = stat_fields("/proc/%s/stat" % name)
+            if fields is not None and int(fields[2]) == group:  # the process group
+                stats[name] = fields
     return stats
 
 
 def cpu_seconds(group: int) -> float:
     """User and system CPU time so far of the processes in process group ``group``."""
-    ticks = sum(int(fields[11]) + int(fields[12])  # utime, stime
-                for fields in group_stats(group).values())
+    ticks = sum(cpu_ticks(fields) for fields in group_stats(group).values())
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def thread_seconds(pid: int) -> float:
     """User and system CPU time so far of the main thread of process ``pid``."""
-    try:
-        with open("/proc/%d/task/%d/stat" % (pid, pid)) as f:
-            fields = f.read().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    fields = stat_fields("/proc/%d/task/%d/stat" % (pid, pid))
+    return 0.0 if fields is None else cpu_ticks(fields) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(group: int) -> int:

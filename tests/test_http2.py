@@ -418,6 +418,63 @@ def test_sigterm_sends_goaway_and_finishes_streams(h2c):
 
 # -- limits and attacks ------------------------------------------------------------------
 
+def test_one_connection_cannot_queue_its_streams_ahead_of_others(h2c):
+    """Six slow streams on one connection, one worker: another client's request waits
+    for the one running, not behind all six (http2_max_running_streams: no_threads)."""
+    server, client = h2c("apps:app", "-t", "1")
+    hog = client()
+    sids = [hog.request("/sleep?t=0.3&n=%d" % i, flush=False) for i in range(6)]
+    hog.flush()
+    time.sleep(0.1)
+    started = time.monotonic()
+    assert client().get("/").status == 200
+    assert time.monotonic() - started < 0.8  # behind all six: 1.6 s
+    hog.wait(lambda: all(hog.streams[s].ended for s in sids))
+    assert all(hog.streams[s].status == 200 for s in sids)
+
+
+def test_running_streams_wait_their_turn_in_order(h2c):
+    server, client = h2c("apps:app", "--http2-max-running-streams", "1", "-t", "4")
+    c = client()
+    started = time.monotonic()
+    sids = [c.request("/sleep?t=0.3&n=%d" % i, flush=False) for i in range(3)]
+    c.flush()
+    ends: List[int] = []
+    c.wait(lambda: ends.extend(s for s in sids if c.streams[s].ended and s not in ends)
+           or len(ends) == 3)
+    assert ends == sids and time.monotonic() - started >= 0.85
+
+
+def test_a_waiting_stream_reset_never_runs_and_frees_its_turn(h2c):
+    server, client = h2c("apps:app", "--http2-max-running-streams", "1", "-t", "4")
+    c = client()
+    first = c.request("/sleep?t=0.5&n=first")
+    waiting = [c.request("/sleep?t=0.5&n=reset%d" % i) for i in range(5)]
+    for sid in waiting:
+        c.conn.reset_stream(sid, ErrorCodes.CANCEL)
+    c.flush()
+    last = c.get("/sleep?t=0&n=last")
+    assert last.status == 200 and c.streams[first].ended
+    server.wait_for_output(r"n=last HTTP/2")
+    assert "n=reset" not in server.output()
+
+
+def test_a_running_stream_reset_holds_its_turn_until_its_worker_is_done(h2c):
+    """The app of a reset stream runs on (until its next read or write): the next stream
+    waits for its worker, so resets cannot start more apps at once than the limit."""
+    server, client = h2c("apps:app", "--http2-max-running-streams", "1", "-t", "4")
+    c = client()
+    running = c.request("/sleep?t=0.6&n=running")
+    time.sleep(0.2)  # begun
+    c.conn.reset_stream(running, ErrorCodes.CANCEL)
+    c.flush()
+    started = time.monotonic()
+    assert c.get("/sleep?t=0&n=next").status == 200
+    assert time.monotonic() - started >= 0.3
+    assert c.get("/").status == 200  # and the turn was given back once
+
+
+
 def test_rapid_reset_is_bounded(h2c):
     """CVE-2023-44487: streams opened and reset at once, without end; past
     http2_max_resets the connection ends with ENHANCE_YOUR_CALM."""

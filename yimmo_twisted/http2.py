@@ -82,7 +82,7 @@ _RESET_WINDOW = 30.0
 class H2Exchange(Exchange):
     """An exchange on an HTTP/2 stream: its ``session`` is the stream (an ``H2Stream``)."""
 
-    __slots__ = ("head",)
+    __slots__ = ("head", "started")
 
     def __init__(self, stream: "H2Stream", environ: Dict[str, Any],
                  body: Optional[RequestBody], head_only: bool,
@@ -91,8 +91,10 @@ class H2Exchange(Exchange):
                           expect_continue)
         # The response head as h2 sends it, set by the worker before the record after it.
         self.head: Optional[HeaderList] = None
+        self.started = False  # a worker has begun it (H2Session's per-connection count)
 
     def context(self, emit: Emit) -> "H2Context":
+        self.started = True  # on the worker, as it begins
         return H2Context(self, emit)
 
 
@@ -113,6 +115,16 @@ class H2Context(Context):
     """
 
     __slots__ = ()
+
+    def run(self, app: Any) -> None:
+        try:
+            Context.run(self, app)
+        finally:
+            ex = self.exchange
+            if ex.session.gone:
+                # Reset meanwhile, the run may have ended without an end record: this one
+                # tells the session the worker is free (its per-connection count).
+                self.emit(ex, None, ABORT)
 
     def _head(self, total: Optional[int]) -> bytes:
         if self.status is None:
@@ -188,6 +200,7 @@ class H2Stream(Channel):
         self.head_sent = False
         self.unacked = 0  # request body bytes received and not yet acknowledged
         self.held = False  # its (small) body is read whole before the app runs
+        self.running = False  # counted in its connection's streams given to the workers
         # The client's turn, with a deadline each: its body's next DATA (read_timeout),
         # a window for the output waiting (send_timeout).
         self.read_by: Optional[float] = None
@@ -237,6 +250,13 @@ class H2Session(Protocol):
         # current window of _RESET_WINDOW seconds, and when that window began.
         self._resets = 0
         self._resets_since = 0.0
+        # Streams given to the workers and not yet done with them, at most _most_running
+        # at once; the others wait here, in order.  So one connection's hundred streams
+        # queue no more work ahead of another connection's request than no_threads
+        # HTTP/1.1 connections would.
+        self._most_running = s.http2_max_running_streams or s.no_threads
+        self._running = 0
+        self._ready: Deque[H2Stream] = deque()
 
     # -- what the server sees ------------------------------------------------------------
 
@@ -279,16 +299,20 @@ class H2Session(Protocol):
         self.deadline = self._idle_by = self.send_deadline = None
         streams = list(self.streams.values())
         self.streams.clear()
+        self._ready.clear()
         for stream in streams:
             self._drop_stream(stream, why)
 
-    @staticmethod
-    def _drop_stream(stream: H2Stream, why: str) -> None:
-        stream.shut()  # wakes its worker if it waits to write
+    def _drop_stream(self, stream: H2Stream, why: str) -> None:
+        stream.shut()  # wakes its worker if it waits to write; a queued one is skipped
         stream.out.clear()
         ex = stream.exchange
-        if ex is not None and ex.body is not None:
-            ex.body.fail(ClientDisconnected(why))
+        if ex is not None:
+            if ex.body is not None:
+                ex.body.fail(ClientDisconnected(why))
+            if not ex.started:
+                self._worker_done(stream)
+        self._unready(stream)
 
     def abort(self) -> None:
         """Server shutdown: drop the connection now."""
@@ -437,8 +461,39 @@ class H2Session(Protocol):
         if body is not None:
             self._read_by(stream)
         if not stream.held:
-            ex.dispatched = True
-            self.server.pool.submit(ex)
+            self._dispatch(stream)
+
+    def _dispatch(self, stream: H2Stream) -> None:
+        """Give ``stream``'s exchange to the workers, or have it wait its turn."""
+        if self._running >= self._most_running:
+            self._ready.append(stream)
+            return
+        self._running += 1
+        stream.running = True
+        ex = stream.exchange
+        assert ex is not None
+        ex.dispatched = True
+        self.server.pool.submit(ex)
+
+    def _unready(self, stream: H2Stream) -> None:
+        """``stream`` ended before its turn: it waits no more."""
+        if self._ready and not stream.running:
+            try:
+                self._ready.remove(stream)
+            except ValueError:
+                pass
+
+    def _worker_done(self, stream: H2Stream) -> None:
+        """A worker is done with ``stream`` (or will never begin it): the next may go."""
+        if not stream.running:
+            return
+        stream.running = False
+        self._running -= 1
+        ready = self._ready
+        while ready and self._running < self._most_running:
+            waiting = ready.popleft()
+            if not waiting.gone:
+                self._dispatch(waiting)
 
     def _on_data(self, event: DataReceived) -> None:
         sid = event.stream_id
@@ -479,8 +534,7 @@ class H2Session(Protocol):
             ex.body.finish()
         if stream.held:
             stream.held = False
-            ex.dispatched = True
-            self.server.pool.submit(ex)
+            self._dispatch(stream)
 
     def _on_reset(self, sid: int) -> bool:
         """The client reset a stream; False once it has reset too many (GOAWAY sent)."""
@@ -538,6 +592,8 @@ class H2Session(Protocol):
 
     def deliver(self, stream: H2Stream, exchange: Any, data: Optional[bytes], end: int) -> None:
         """A worker's output for ``stream`` (reactor thread, from Handoff.drain)."""
+        if end == DONE or end == CLOSE or end == ABORT:
+            self._worker_done(stream)
         if stream.gone:
             return
         conn = self.conn
@@ -668,6 +724,7 @@ class H2Session(Protocol):
         except StreamClosedError:
             pass
         stream.gone = True
+        self._unready(stream)
 
     def _write_out(self) -> None:
         data = self.conn.data_to_send()

@@ -543,10 +543,45 @@ def test_body_over_max_body_size(h2c):
     assert c.get("/", method="POST", body=b"ok").status == 200
 
 
+_PING = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"12345678"
+_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # empty: changes nothing
+_PRIORITY = b"\x00\x00\x05\x02\x00\x00\x00\x00\x03" + b"\x00\x00\x00\x00\x10"
+
+
+@pytest.mark.parametrize("frame", [_PING, _SETTINGS, _PRIORITY, None],
+                         ids=["ping", "settings", "priority", "empty-data"])
+def test_control_frame_flood_from_a_reading_client_gets_goaway(h2c, frame):
+    """CVE-2019-9512/9515/9518: a client that reads all the answers but sends nothing but
+    PING, SETTINGS, PRIORITY or empty DATA frames is cut off past the budget."""
+    server, client = h2c("apps:app", "--http2-max-control-frames", "50")
+    c = client()
+    assert c.get("/").status == 200
+    if frame is None:  # empty DATA frames on an upload its app has not ended
+        sid = c.request("/sleep?t=3", method="POST", end=False)
+        frame = b"\x00\x00\x00\x00\x00" + sid.to_bytes(4, "big")
+    c.sock.sendall(frame * 60)
+    c.wait(lambda: c.goaway is not None)
+    assert c.goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    c.wait(lambda: c.closed)
+    server.wait_for_output("more control frames by its client in 30 s than "
+                           "http2_max_control_frames allows")
+    assert client().get("/").status == 200  # the others are served
+
+
+def test_control_frames_within_the_budget_are_answered(h2c):
+    server, client = h2c("apps:hello", "--http2-max-control-frames", "50")
+    c = client()
+    for i in range(20):
+        c.conn.ping(b"%08d" % i)
+    c.flush()
+    assert c.get("/").status == 200 and c.goaway is None
+
+
 def test_ping_flood_from_a_client_that_does_not_read(h2c):
     """The PING acks pile up in the transport: the server stops reading the client
-    instead of buffering them without bound."""
-    server, client = h2c("apps:hello")
+    instead of buffering them without bound (with http2_max_control_frames out of the
+    way, which would end the connection first)."""
+    server, client = h2c("apps:hello", "--http2-max-control-frames", "1000000000")
     c = client()
     assert c.get("/").status == 200
     ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"12345678"

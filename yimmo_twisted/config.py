@@ -362,6 +362,10 @@ OPTIONS = (
            _w("http2", "max_resets"),
            "HTTP/2 streams a client may reset in 30 s on one connection, against rapid "
            "reset floods (more: GOAWAY ENHANCE_YOUR_CALM)"),
+    Option("http2_max_control_frames", _positive_int, "YIMMO_HTTP2_MAX_CONTROL_FRAMES",
+           ("--http2-max-control-frames",), _w("http2", "max_control_frames"),
+           "PING, SETTINGS, PRIORITY and empty DATA frames a client may send in 30 s on one "
+           "HTTP/2 connection, against floods of them (more: GOAWAY ENHANCE_YOUR_CALM)"),
     Option("http2_max_running_streams", _count, "YIMMO_HTTP2_MAX_RUNNING_STREAMS",
            ("--http2-max-running-streams",), _w("http2", "max_running_streams"),
            "HTTP/2 streams of one connection given to the workers at once (running or "
@@ -474,6 +478,7 @@ class Settings:
     http2_max_concurrent_streams: int = 100  # RFC 9113's recommended minimum, nginx's 128
     http2_max_header_list_size: int = 65536  # as max_header_bytes
     http2_max_resets: int = 200  # Netty's: 200 in 30 s
+    http2_max_control_frames: int = 10000  # some 330 a second: gRPC's pings stay far below
     http2_max_running_streams: int = 0  # no_threads
     ws_max_message_size: int = 16 << 20
     ws_max_frame_size: int = 16 << 20

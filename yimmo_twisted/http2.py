@@ -35,8 +35,8 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
-    ConnectionTerminated, DataReceived, RemoteSettingsChanged, RequestReceived, StreamEnded,
-    StreamReset, WindowUpdated,
+    ConnectionTerminated, DataReceived, PingReceived, PriorityUpdated, RemoteSettingsChanged,
+    RequestReceived, StreamEnded, StreamReset, WindowUpdated,
 )
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
@@ -73,8 +73,28 @@ _SERVER_VALUE = SERVER_SOFTWARE.encode("ascii")
 _STREAM_WINDOW = 65535
 # h2's stream limit until the client acknowledges ours (see H2Session.__init__).
 _UNACKNOWLEDGED_STREAMS = 1 << 20
-# http2_max_resets counts the client's resets over this many seconds (as Netty does).
-_RESET_WINDOW = 30.0
+# http2_max_resets and http2_max_control_frames count over this many seconds (as Netty
+# counts resets).
+_WINDOW = 30.0
+
+
+class _Budget:
+    """At most ``most`` of something per ``_WINDOW`` seconds, counted window by window."""
+
+    __slots__ = ("most", "count", "since")
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.count = 0
+        self.since = 0.0
+
+    def spend(self, now: float) -> bool:
+        """One more; False once there have been more than ``most`` in this window."""
+        if now - self.since >= _WINDOW:
+            self.since = now
+            self.count = 0
+        self.count += 1
+        return self.count <= self.most
 
 
 # -- the worker side -----------------------------------------------------------------------
@@ -246,10 +266,11 @@ class H2Session(Protocol):
         self.deadline: Optional[float] = None
         self._idle_by: Optional[float] = None  # no stream open: GOAWAY then
         self.send_deadline: Optional[float] = None  # the transport's buffer stays full
-        # Streams the client reset (CVE-2023-44487, "rapid reset"): their count in the
-        # current window of _RESET_WINDOW seconds, and when that window began.
-        self._resets = 0
-        self._resets_since = 0.0
+        # Streams the client reset (CVE-2023-44487, "rapid reset"), and the frames that
+        # cost the server work but carry no request (PING and SETTINGS, which h2 answers
+        # at once, PRIORITY, empty DATA: CVE-2019-9512, -9515, -9518).
+        self._resets = _Budget(s.http2_max_resets)
+        self._control = _Budget(s.http2_max_control_frames)
         # Streams given to the workers and not yet done with them, at most _most_running
         # at once; the others wait here, in order.  So one connection's hundred streams
         # queue no more work ahead of another connection's request than no_threads
@@ -361,6 +382,10 @@ class H2Session(Protocol):
             if isinstance(event, RequestReceived):
                 self._on_request(event)
             elif isinstance(event, DataReceived):
+                if not event.data and event.stream_ended is None and not (
+                        self._control.spend(self._now())):
+                    self._calm("control frames", "http2_max_control_frames")
+                    return
                 self._on_data(event)
             elif isinstance(event, StreamEnded):
                 self._on_end(event.stream_id)
@@ -375,8 +400,15 @@ class H2Session(Protocol):
                 else:
                     self._flush_all()
             elif isinstance(event, RemoteSettingsChanged):
+                if not self._control.spend(self._now()):
+                    self._calm("control frames", "http2_max_control_frames")
+                    return
                 if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                     self._flush_all()
+            elif isinstance(event, (PingReceived, PriorityUpdated)):
+                if not self._control.spend(self._now()):
+                    self._calm("control frames", "http2_max_control_frames")
+                    return
             elif isinstance(event, ConnectionTerminated):
                 # The client's GOAWAY: it opens no more streams; those open may finish.
                 if event.error_code:
@@ -385,8 +417,8 @@ class H2Session(Protocol):
                     return
                 self._goaway = True
                 self._maybe_close()
-            # Trailers (TrailersReceived) are ignored, as are PINGs and SETTINGS that h2
-            # answers itself, priorities, and unknown frames.
+            # Trailers (TrailersReceived) are ignored, as are the priorities and unknown
+            # frames; h2 answers PING and SETTINGS itself.
         if not self._keep_alive and not self._goaway:
             self._send_goaway()  # the connection began during the drain
         self._write_out()
@@ -545,18 +577,16 @@ class H2Session(Protocol):
         self._release_window(stream)
         # Each reset stream may have cost a worker its app's time: a client that opens
         # and resets streams endlessly gets more of it than any limit on streams open.
-        now = self._now()
-        if now - self._resets_since >= _RESET_WINDOW:
-            self._resets_since = now
-            self._resets = 0
-        self._resets += 1
-        if self._resets > self.settings.http2_max_resets:
-            log.info("closing an HTTP/2 connection: {n} streams reset by its client in "
-                     "{window} s (http2_max_resets)", n=self._resets, window=_RESET_WINDOW)
-            self._close_now(ErrorCodes.ENHANCE_YOUR_CALM)
+        if not self._resets.spend(self._now()):
+            self._calm("streams reset", "http2_max_resets")
             return False
         self._maybe_close()
         return True
+
+    def _calm(self, what: str, setting: str) -> None:
+        log.info("closing an HTTP/2 connection: more {what} by its client in {window:g} s "
+                 "than {setting} allows", what=what, window=_WINDOW, setting=setting)
+        self._close_now(ErrorCodes.ENHANCE_YOUR_CALM)
 
     def _close_now(self, error: int) -> None:
         """End the connection and every stream on it with GOAWAY ``error``."""

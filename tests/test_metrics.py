@@ -66,8 +66,12 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def requests(samples: Samples, method: str, status: str) -> float:
-    return value(samples, "yimmo_requests_total", method=method, status=status)
+def requests(samples: Samples, method: str, status: str, protocol: str = "") -> float:
+    """yimmo_requests_total of ``method`` and ``status``, of one protocol or of all."""
+    return sum(n for (name, labels), n in samples.items()
+               if name == "yimmo_requests_total" and dict(labels)["method"] == method
+               and dict(labels)["status"] == status
+               and protocol in ("", dict(labels)["protocol"]))
 
 
 def test_requests_latency_bytes_and_connections(serve):
@@ -91,6 +95,8 @@ def test_requests_latency_bytes_and_connections(serve):
     assert requests(samples, "POST", "5xx") == 1
     assert requests(samples, "HEAD", "2xx") == 2
     assert requests(samples, "-", "4xx") == 1
+    assert requests(samples, "GET", "2xx", "HTTP/1.1") == 3
+    assert requests(samples, "-", "4xx", "HTTP/1.1") == 1
     assert value(samples, "yimmo_request_duration_seconds_count") == 7
     assert value(samples, "yimmo_request_duration_seconds_bucket", le="+Inf") == 7
     assert 0 < value(samples, "yimmo_request_duration_seconds_sum") < 7
@@ -104,6 +110,31 @@ def test_requests_latency_bytes_and_connections(serve):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen("http://127.0.0.1:%d/" % port, timeout=5)
     assert e.value.code == 404
+
+
+def test_requests_carry_their_protocol(serve):
+    """HTTP/1.0, HTTP/1.1 and HTTP/2 (h2c) requests on one server, each counted under its
+    own protocol label, the server's own refusals too."""
+    from test_http2 import Client
+    server = serve("apps:status", "--metrics-listen", LOCAL, "--http2-cleartext", "on",
+                   *QUIET)
+    port = metrics_port(server)
+    assert server.get("/200").status == 200
+    assert server.exchange(b"GET /200 HTTP/1.0\r\n\r\n").status == 200
+    c = Client(server.port)
+    try:
+        assert c.get("/200").status == 200
+        assert c.get("/404").status == 404
+        assert c.get("no-slash").status == 400  # refused: an invalid :path
+    finally:
+        c.close()
+    samples = scrape_when(port, lambda s: value(s, "yimmo_request_duration_seconds_count") == 4)
+    assert requests(samples, "GET", "2xx", "HTTP/1.1") == 1
+    assert requests(samples, "GET", "2xx", "HTTP/1.0") == 1
+    assert requests(samples, "GET", "2xx", "HTTP/2") == 1
+    assert requests(samples, "GET", "4xx", "HTTP/2") == 1
+    assert requests(samples, "-", "4xx", "HTTP/2") == 1
+    assert requests(samples, "-", "4xx") == 1
 
 
 def test_in_flight_queued_and_busy_workers(serve):

@@ -739,7 +739,7 @@ class H2Session(Protocol):
     def _respond(self, stream: H2Stream, status: int, reason: str, head_only: bool) -> None:
         """The server's own answer on ``stream`` (no exchange runs)."""
         log.info("refusing an HTTP/2 request: {status} {reason}", status=status, reason=reason)
-        self.server.refused[status] += 1
+        self.server.refused_h2[status] += 1
         access = self.server.access
         if access is not None:
             access.refused(self._base["REMOTE_ADDR"], status)

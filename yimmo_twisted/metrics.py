@@ -44,6 +44,8 @@ BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 # "other", so that no client can grow the page.
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
 REFUSED = "-"  # the method label of requests the server refused before any app ran
+# The protocol label: the environ's SERVER_PROTOCOL; a refusal's is that of its answer.
+PROTOCOLS = frozenset(("HTTP/1.0", "HTTP/1.1", "HTTP/2"))
 
 # The fields of a snapshot that are counters (summed over processes, and carried on when
 # a process ends); the others are gauges (summed over the processes alive).
@@ -57,7 +59,8 @@ class Tally:
     __slots__ = ("requests", "buckets", "seconds", "sent")
 
     def __init__(self) -> None:
-        self.requests: Dict[Tuple[str, str], int] = {}  # (method, status class) -> count
+        # (method, status class, protocol) -> count
+        self.requests: Dict[Tuple[str, str, str], int] = {}
         self.buckets = [0] * (len(BOUNDS) + 1)  # the last one: above every bound
         self.seconds = 0.0
         self.sent = 0  # response body bytes
@@ -65,7 +68,9 @@ class Tally:
     def record(self, ctx: "Context") -> None:
         ex = ctx.exchange
         status = ctx.status
-        key = (ex.environ["REQUEST_METHOD"], status[0] if status else "5")
+        environ = ex.environ
+        key = (environ["REQUEST_METHOD"], status[0] if status else "5",
+               environ.get("SERVER_PROTOCOL", "-"))
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
         seconds = monotonic() - ex.started
@@ -90,16 +95,17 @@ def snapshot(server: "Server") -> Dict[str, Any]:
             continue
         # A worker may add to its tally meanwhile: copy before reading (a dict changing
         # size while iterated raises; a copy of it never does).
-        for (method, status_class), n in tally.requests.copy().items():
-            key = "%s %s" % (method, status_class)  # JSON's keys are strings
+        for (method, status_class, protocol), n in tally.requests.copy().items():
+            key = "%s %s %s" % (method, status_class, protocol)  # JSON's keys are strings
             requests[key] = requests.get(key, 0) + n
         for i, n in enumerate(list(tally.buckets)):
             buckets[i] += n
         seconds += tally.seconds
         sent += tally.sent
-    for status, n in server.refused.items():
-        key = "%s %d" % (REFUSED, status // 100)
-        requests[key] = requests.get(key, 0) + n
+    for protocol, refused in (("HTTP/1.1", server.refused), ("HTTP/2", server.refused_h2)):
+        for status, n in refused.items():
+            key = "%s %d %s" % (REFUSED, status // 100, protocol)
+            requests[key] = requests.get(key, 0) + n
     hops = pool.hops()
     bridge = server.websockets
     ws_open = sum(1 for p in bridge.protocols if p.status == 101)
@@ -171,15 +177,19 @@ def _families(data: Dict[str, Any]) -> Iterator[Any]:
     def gauge(name: str, doc: str, field: str) -> Any:
         return GaugeMetricFamily(name, doc, value=data.get(field, 0))
 
-    requests = CounterMetricFamily("yimmo_requests", "HTTP requests answered, by method and "
-                                   "status class (method - : refused before any app ran)",
-                                   labels=("method", "status"))
+    requests = CounterMetricFamily("yimmo_requests", "HTTP requests answered, by method, "
+                                   "status class and protocol (method - : refused before "
+                                   "any app ran)", labels=("method", "status", "protocol"))
     by_label: Dict[tuple, int] = {}
     for key, n in data.get("requests", {}).items():
-        method, _, status_class = key.partition(" ")
+        method, status_class, *rest = key.split(" ")
         if method != REFUSED and method not in METHODS:
             method = "other"
-        label = (method, status_class + "xx")
+        # A process of the version before the protocol label counted HTTP/1.1 alone.
+        protocol = rest[0] if rest else "HTTP/1.1"
+        if protocol not in PROTOCOLS:
+            protocol = "other"
+        label = (method, status_class + "xx", protocol)
         by_label[label] = by_label.get(label, 0) + n
     for label, n in sorted(by_label.items()):
         requests.add_metric(label, n)

@@ -220,6 +220,7 @@ class Server(service.Service):
         self.connections = 0
         self.received = 0  # bytes, on HTTP connections
         self.refused: Counter[int] = collections.Counter()  # by status
+        self.refused_h2: Counter[int] = collections.Counter()  # on HTTP/2 streams
         if settings.metrics_listen is not None:
             for worker in self.pool.workers:
                 worker.tally = metrics.Tally()

@@ -257,7 +257,42 @@ def discard(environ, start_response):
     return _text(start_response, b"%d" % total)
 
 
+# A browser's page load over HTTP/2: thirty requests at once on the one connection, an
+# upload and a download of a few MiB (windows opened and used both ways), each checked.
+BROWSER_PAGE = b"""<!doctype html><meta charset="utf-8"><title>h2</title><div id="log"></div>
+<script>
+(async () => {
+  const log = document.getElementById("log");
+  try {
+    const nav = performance.getEntriesByType("navigation")[0].nextHopProtocol;
+    const texts = await Promise.all(Array.from({length: 30}, (_, i) =>
+      fetch("/sleep?t=0.05&n=" + i).then(r => r.text())));
+    const sent = new Uint8Array(3 << 20).map((_, i) => i % 251);
+    const echoed = new Uint8Array(await (await fetch("/echo", {method: "POST", body: sent}))
+                                  .arrayBuffer());
+    const same = echoed.length === sent.length && echoed.every((b, i) => b === sent[i]);
+    const big = await (await fetch("/big?size=4194304")).arrayBuffer();
+    const hops = [...new Set(performance.getEntriesByType("resource")
+                             .map(e => e.nextHopProtocol))];
+    log.textContent = JSON.stringify({nav, hops, slept: texts.filter(
+      (t, i) => t === "slept /sleep?t=0.05&n=" + i).length, same, big: big.byteLength})
+      + " done";
+  } catch (e) {
+    log.textContent = "error " + e + " done";
+  }
+})();
+</script>
+"""
+
+
+def browser_page(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                              ("Content-Length", str(len(BROWSER_PAGE)))])
+    return [BROWSER_PAGE]
+
+
 ROUTES = {
+    "/browser-page": browser_page,
     "/": hello,
     "/env": environ_app,
     "/echo": echo,

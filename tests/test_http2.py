@@ -25,6 +25,7 @@ from h2.events import (
 )
 from h2.settings import SettingCodes, Settings
 
+from browser import needs_chromium, page_text
 from test_listening import LOCAL, PROXY_HEADERS, _ssl_endpoint, _tls_exchange
 
 pytestmark = pytest.mark.timeout(30)
@@ -717,6 +718,21 @@ def test_tls_alpn(tls_server):
         assert json.loads(bytes(c.get("/").data))["SERVER_PROTOCOL"] == "HTTP/2"
     finally:
         c.close()
+
+
+@needs_chromium
+def test_chromium_loads_a_page_over_http2(serve, certificate):
+    """A real browser, over TLS with ALPN: the page and its thirty requests at once, a
+    3 MiB upload echoed back byte for byte and a 4 MiB download, all on HTTP/2."""
+    cert, key = certificate
+    server = serve("apps:app", "--listen", _ssl_endpoint(cert, key), listen=False)
+    text = page_text("https://localhost:%d/browser-page" % server.port, " done",
+                     ["--ignore-certificate-errors"], timeout=30)
+    assert text.endswith(" done") and not text.startswith("error"), text
+    result = json.loads(text[:-len(" done")])
+    assert result == {"nav": "h2", "hops": ["h2"], "slept": 30, "same": True,
+                      "big": 4 << 20}
+    server.wait_for_output(r'"POST /echo HTTP/2" 200 %d ' % (3 << 20))
 
 
 def test_tls_http2_off(tls_server):

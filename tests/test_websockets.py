@@ -9,15 +9,10 @@ import asyncio
 import base64
 import json
 import os
-import re
-import shutil
 import signal
 import socket
 import ssl
 import struct
-import subprocess
-import tempfile
-import threading
 import time
 
 import pytest
@@ -27,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 import rawhttp
+from browser import needs_chromium, page_text
 from conftest import start_server, wait_for
 
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
@@ -592,77 +588,8 @@ def test_request_head_and_origin_patterns():
 
 # -- a real browser -----------------------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
-                    "(apt-get install chromium chromium-driver; .ci/run does)")
+@needs_chromium
 def test_browser_echo_on_the_demo_page(serve):
     s = serve("examples.demo.app:app")
-    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
-        browser = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-             "--user-data-dir=" + profile, "--remote-debugging-port=0", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True)  # its own process group: its helpers go with it
-        try:
-            devtools = _devtools_url(browser)
-            text = _page_text(devtools, s.url + "/websocket", "echo: Hello from the browser")
-        finally:
-            os.killpg(browser.pid, signal.SIGKILL)
-            browser.wait(10)
+    text = page_text(s.url + "/websocket", "echo: Hello from the browser")
     assert "open" in text and "echo: Hello from the browser" in text
-
-
-def _devtools_url(browser, timeout=20.0) -> str:
-    """The browser's DevTools WebSocket, from the line Chromium prints at start."""
-    found = []
-
-    def read():
-        for line in iter(browser.stderr.readline, b""):
-            m = re.search(rb"DevTools listening on (ws://\S+)", line)
-            if m:
-                found.append(m.group(1).decode())
-                break
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(timeout)
-    if not found:
-        pytest.fail("chromium did not start DevTools within %.0f s" % timeout)
-    return found[0]
-
-
-def _page_text(devtools: str, page: str, wanted: str, timeout: float = 20.0) -> str:
-    """Open ``page`` in a new tab; poll its #log text until it holds ``wanted``."""
-    ids = iter(range(1, 1 << 30))
-
-    def call(ws, method, session=None, **params):
-        n = next(ids)
-        message = {"id": n, "method": method, "params": params}
-        if session:
-            message["sessionId"] = session
-        ws.send(json.dumps(message))
-        while True:
-            reply = json.loads(ws.recv(timeout=10))
-            if reply.get("id") == n:
-                assert "error" not in reply, reply
-                return reply["result"]
-
-    with ws_connect(devtools, open_timeout=10, max_size=None,
-                    compression=None) as ws:
-        target = call(ws, "Target.createTarget", url=page)["targetId"]
-        session = call(ws, "Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        deadline = time.monotonic() + timeout
-        text = ""
-        while time.monotonic() < deadline:
-            result = call(ws, "Runtime.evaluate", session,
-                          expression="(document.getElementById('log') || {}).textContent",
-                          returnByValue=True)
-            text = result["result"].get("value") or ""
-            if wanted in text:
-                break
-            time.sleep(0.1)
-        return text

@@ -53,7 +53,8 @@ class Client:
     """One HTTP/2 connection, as the h2 library's client; ``ack`` False opens no windows."""
 
     def __init__(self, port: int, tls: bool = False, window: Optional[int] = None,
-                 ack: bool = True, start: bool = True, clear: bytes = b"") -> None:
+                 ack: bool = True, start: bool = True, clear: bytes = b"",
+                 validate: bool = True) -> None:
         sock = socket.create_connection((LOCAL, port), timeout=5)
         sock.sendall(clear)  # before TLS: a PROXY header
         if tls:
@@ -64,7 +65,10 @@ class Client:
             sock = context.wrap_socket(sock)
             assert sock.selected_alpn_protocol() == "h2"
         self.sock = sock
-        self.conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        # validate False: the client sends the headers it is given, malformed or not.
+        self.conn = H2Connection(H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=validate,
+            normalize_outbound_headers=validate))
         if window is not None:
             self.conn.local_settings = Settings(
                 client=True, initial_values={SettingCodes.INITIAL_WINDOW_SIZE: window})
@@ -637,6 +641,28 @@ def test_continuation_flood(shared):
         ended = True
     assert ended
     assert server.get("/").status == 200
+
+
+@pytest.mark.parametrize("fields", [
+    [("connection", "keep-alive")], [("te", "gzip")], [("X-Upper", "1")],
+    [(":path", "/again")], [(":status", "200")], [("x-space", " leading")],
+    [("host", "other.test")],
+], ids=["connection", "te", "uppercase", "pseudo-repeated", "pseudo-response",
+        "whitespace", "host-not-authority"])
+def test_a_malformed_request_resets_its_stream_alone(shared, fields):
+    """RFC 9113 8.1.1: a stream error (PROTOCOL_ERROR); the requests sent with it in the
+    same write are answered, and the connection goes on."""
+    server, client = shared
+    c = client(validate=False)
+    before = c.request("/?n=before", flush=False)
+    bad = c.request("/?n=bad", headers=fields, flush=False)
+    after = c.request("/?n=after", flush=False)
+    c.flush()
+    c.wait(lambda: all(c.streams[s].ended or c.streams[s].reset is not None
+                       for s in (before, bad, after)))
+    assert c.streams[bad].reset == ErrorCodes.PROTOCOL_ERROR
+    assert c.streams[before].status == c.streams[after].status == 200
+    assert c.get("/").status == 200 and c.goaway is None
 
 
 def test_protocol_error_closes_the_connection(shared):

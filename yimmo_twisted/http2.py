@@ -41,6 +41,7 @@ from h2.events import (
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
 from h2.settings import Settings as H2Settings
+from h2.utilities import HeaderValidationFlags, validate_headers
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Protocol
@@ -71,6 +72,9 @@ _SERVER_VALUE = SERVER_SOFTWARE.encode("ascii")
 # only as its app reads, so the connection's must hold that much for every stream, or
 # one stream whose app reads slowly would stall the uploads of all.
 _STREAM_WINDOW = 65535
+# What h2.utilities.validate_headers checks a request's head as (H2Session._on_request).
+_REQUEST_HEAD = HeaderValidationFlags(is_client=False, is_trailer=False,
+                                      is_response_header=False, is_push_promise=False)
 # h2's stream limit until the client acknowledges ours (see H2Session.__init__).
 _UNACKNOWLEDGED_STREAMS = 1 << 20
 # http2_max_resets and http2_max_control_frames count over this many seconds (as Netty
@@ -243,7 +247,12 @@ class H2Session(Protocol):
         # The connection's environ and trusted proxies, as the HTTP/1.1 session found them.
         self._base: Dict[str, Any] = http1._base
         self._trusted = http1._trusted
-        conn = H2Connection(config=H2Configuration(client_side=False, header_encoding=None))
+        # h2 validates a request's header block itself only to end the whole connection
+        # when one is malformed, losing the events of the frames read with it: the
+        # session runs h2's same validation per stream instead (_on_request), and resets
+        # that stream alone (RFC 9113 8.1.1).
+        conn = H2Connection(config=H2Configuration(
+            client_side=False, header_encoding=None, validate_inbound_headers=False))
         # The header list's bound is in force from the first frame.  The stream limit is
         # advertised by a second SETTINGS (connectionMade): h2 enforces the limit it has
         # in force by ending the connection, which is only fair once the client has
@@ -430,12 +439,18 @@ class H2Session(Protocol):
             # Past the limit before the client knew of it, or after GOAWAY: it may retry.
             conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
+        try:
+            headers = list(validate_headers(event.headers, _REQUEST_HEAD))
+        except ProtocolError as e:
+            log.info("resetting an HTTP/2 stream: malformed request ({error})", error=e)
+            conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+            return
         stream = H2Stream(self, sid)
         env = self._base.copy()
         method = path = authority = b""
         fields = []
-        # h2 has checked the pseudo-header fields' names, order and presence.
-        for name, value in event.headers:
+        # validate_headers has checked the pseudo-header fields' names, order and presence.
+        for name, value in headers:
             if name[:1] == b":":
                 if name == b":method":
                     method = value

@@ -29,7 +29,7 @@ HTTP/1.1 (no RFC 8441 extended CONNECT).
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple, cast
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -145,7 +145,8 @@ class H2Context(Context):
             Context.run(self, app)
         finally:
             ex = self.exchange
-            if ex.session.gone:
+            stream = cast(H2Stream, ex.session)
+            if stream.gone and stream.running:
                 # Reset meanwhile, the run may have ended without an end record: this one
                 # tells the session the worker is free (its per-connection count).
                 self.emit(ex, None, ABORT)

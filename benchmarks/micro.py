@@ -2,11 +2,13 @@
 The per-request cost of one keep-alive connection on the reactor thread and its worker,
 without sockets or threads: a real Server and HTTPSession on a StringTransport, the app run
 inline on this thread (the pool is not started: its queue is emptied here), bytes fed one
-request per dataReceived as wrk sends them.
+request per dataReceived as wrk sends them.  Three kinds of request: wrk's GET and a
+browser-like one, answered by a hello world, and wrk's 10 KiB POST (upload_10k.lua, head
+and body in one read), answered by an app that reads wsgi.input to its end.
 
     python benchmarks/micro.py                      # the yimmo_twisted that imports
     python benchmarks/micro.py ../old .            # checkouts (git worktrees), compared
-    python benchmarks/micro.py --app benchmarks.flask_app:app   # another app than hello
+    python benchmarks/micro.py --app benchmarks.flask_app:app   # another app, for all three
 
 For each request kind it prints µs/request of ``dataReceived`` alone (reader, exchange,
 dispatch) and of the full inline path (that, plus Context.run of the app, the handoff's
@@ -48,6 +50,11 @@ REQUESTS: Dict[str, bytes] = {
         b"Sec-Fetch-Mode: navigate\r\n"
         b"Sec-Fetch-Site: none\r\n"
         b"\r\n"),
+    # wrk's POST of upload_10k.lua: head and body in one read, as they arrive from it.
+    "upload": (
+        b"POST / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Length: 10240\r\n\r\n"
+        + b"x" * 10240),
 }
 
 HELLO = b"Hello, World!\n"
@@ -57,6 +64,25 @@ def hello(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"),
                               ("Content-Length", str(len(HELLO)))])
     return [HELLO]
+
+
+def upload(environ, start_response):
+    """benchmarks.apps.upload_echo: reads the body 64 KiB at a time, answers its length."""
+    stream = environ["wsgi.input"]
+    total = 0
+    while True:
+        data = stream.read(65536)
+        if not data:
+            break
+        total += len(data)
+    body = b"%d" % total
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+
+# The app of each request kind, unless --app names one for all.
+APPS: Dict[str, Callable] = {"wrk": hello, "browser": hello, "upload": upload}
 
 
 class Reactor:
@@ -148,6 +174,7 @@ def app_alone(tree: Tree, request: bytes, number: int, app: Callable) -> float:
     reactor, server, transport, session = connection(tree, app)
     session.dataReceived(request)
     environ = server.pool.workers[0].queue.popleft().environ
+    body = request.partition(b"\r\n\r\n")[2]
 
     def start_response(status, headers, exc_info=None):
         return lambda data: None
@@ -157,7 +184,7 @@ def app_alone(tree: Tree, request: bytes, number: int, app: Callable) -> float:
         start = perf_counter()
         for _ in range(number):
             env = environ.copy()
-            env["wsgi.input"] = io.BytesIO(b"")
+            env["wsgi.input"] = io.BytesIO(body)
             result = app(env, start_response)
             for _ in result:
                 pass
@@ -176,14 +203,14 @@ def main() -> None:
     parser.add_argument("--number", type=int, default=20000, help="requests per run")
     parser.add_argument("--repeat", type=int, default=7, help="runs; the best is shown")
     parser.add_argument("--app", metavar="MODULE:NAME", default=None,
-                        help="the WSGI app to run (default: a hello world); the figure "
+                        help="the WSGI app to run for every request (default: a hello world, "
+                             "and for the upload one that reads the body); the figure "
                              "'app alone' is then that app called without the server")
     args = parser.parse_args()
-    if args.app is None:
-        app = hello
-    else:
+    apps = dict(APPS)
+    if args.app is not None:
         from yimmo_twisted.util import load_app  # as yimmo-wsgi finds and loads apps
-        app = load_app(args.app)
+        apps = dict.fromkeys(REQUESTS, load_app(args.app))
     trees = [Tree(root) for root in args.trees] or [Tree()]
     # perf_counter's own cost, taken off the dataReceived-alone figure.
     t0 = perf_counter()
@@ -195,10 +222,10 @@ def main() -> None:
         for tree in trees:
             for name, request in REQUESTS.items():
                 for full in (False, True):
-                    seconds = run(tree, request, args.number, full, app) / args.number
+                    seconds = run(tree, request, args.number, full, apps[name]) / args.number
                     key = (tree.name, name, full)
                     best[key] = min(best.get(key, seconds), seconds)
-                seconds = app_alone(tree, request, args.number, app) / args.number
+                seconds = app_alone(tree, request, args.number, apps[name]) / args.number
                 key = (tree.name, name, None)
                 best[key] = min(best.get(key, seconds), seconds)
     width = max(len(tree.name) for tree in trees)

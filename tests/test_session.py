@@ -278,3 +278,31 @@ def test_one_llhttp_parser_reads_the_heads_of_a_connection_with_bodies():
     assert reader.next_event() == b"x" * 70000 and reader.next_event() is END
     reader.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert type(reader.next_event()) is Head and reader._parser not in parsers
+
+
+def test_a_body_read_with_its_head_is_taken_whole():
+    from yimmo_twisted.http1 import NEED_DATA, Head, Limits, RequestReader
+    reader = RequestReader(Limits())
+    reader.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhel")
+    assert type(reader.next_event()) is Head
+    assert reader.body_here() is None  # not all of it yet: events bring it
+    assert reader.next_event() == b"hel"
+    reader.feed(b"lo")
+    assert reader.body_here() == b"lo" and not reader.in_body
+    reader.feed(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n"
+                b"Host: x\r\nConnection: close\r\n\r\n")
+    assert type(reader.next_event()) is Head
+    assert reader.body_here() == b"abc"
+    head = reader.next_event()
+    assert type(head) is Head and head.method == "GET" and not head.keep_alive
+    assert reader.body_here() is None and reader.next_event() is NEED_DATA
+
+    # The session: the exchange goes to a worker with its body complete, in one piece.
+    h = Harness(echo)
+    h.session.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody"
+                           b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nmo")
+    queued = [e for w in h.server.pool.workers for e in w.queue] + h.server.pool._batch
+    assert len(queued) == 1 and queued[0].body.complete
+    assert list(queued[0].body._chunks) == [b"body"]
+    out = h.feed(b"re")
+    assert out.count(b"HTTP/1.1 200 OK") == 2 and out.endswith(b"\r\n\r\nmore")

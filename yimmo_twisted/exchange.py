@@ -93,6 +93,12 @@ class RequestBody:
         self.complete = True
         self._wake()
 
+    def whole(self, data: bytes) -> None:
+        """The complete body, at once, before any worker reads it."""
+        self._chunks.append(data)
+        self.fed = len(data)
+        self.complete = True
+
     def fail(self, error: "HTTPError | ClientDisconnected") -> None:
         """The body cannot be completed (too large, malformed, timed out, client gone)."""
         if not self.complete:

@@ -311,8 +311,9 @@ class RequestReader:
             return NEED_DATA
         self._pos = stop
         self._scanned = 0
-        if stop == size and not pos and type(buf) is bytes:
-            return self._check(buf)  # the read is this head: no copy
+        if type(buf) is bytes:
+            # The read is often this head alone (then no copy), or the head and its body.
+            return self._check(buf if stop == size and not pos else buf[pos:stop])
         return self._check(bytes(memoryview(buf)[pos:stop]))
 
     def _check(self, head: bytes) -> Head:
@@ -449,14 +450,32 @@ class RequestReader:
         self._state = _HEAD if self._keep_alive else _CLOSED
         return END
 
+    def body_here(self) -> Optional[bytes]:
+        """
+        The whole body of the request whose Head came last, when it has a Content-Length
+        and all of it is buffered: the body and its END in one call, for the caller that
+        takes it whole.  None otherwise (then events bring it as usual).
+        """
+        if self._state != _LENGTH or self._remaining > len(self._buf) - self._pos:
+            return None
+        data = self._take(self._remaining)
+        self._remaining = 0
+        self._end()
+        return data
+
     def _take(self, n: int) -> bytes:
         """Up to ``n`` buffered bytes, as bytes (the whole read itself when it fits)."""
         buf = self._buf
         pos = self._pos
-        if pos == 0 and len(buf) <= n and type(buf) is bytes:
-            self._pos = len(buf)
-            return buf
-        end = min(len(buf), pos + n)
+        end = len(buf)
+        if type(buf) is bytes:
+            if pos == 0 and end <= n:
+                self._pos = end
+                return buf
+            end = min(end, pos + n)
+            self._pos = end
+            return buf[pos:end]
+        end = min(end, pos + n)
         self._pos = end
         return bytes(memoryview(buf)[pos:end])
 

@@ -362,13 +362,21 @@ class HTTPSession(Protocol, Channel):
         if body is None:
             self._new.append(exchange)
             return False
+        held = body.length is not None and body.length <= s.input_buffer and not (
+            head.expect_continue)
+        if held:
+            data = self._reader.body_here()
+            if data is not None:
+                # All of it came with its head (a small upload): no body events to wait for.
+                body.whole(data)
+                self._new.append(exchange)
+                return False
         self._current = exchange
         if body.length is None or body.length > _READ_SIZE:
             # Read a large body in large pieces: fewer syscalls and parser calls.  Small
             # reads stay small: recv allocates its whole size before it knows the length.
             self.transport.bufferSize = _LARGE_READ_SIZE
-        if body.length is not None and body.length <= s.input_buffer and not (
-                head.expect_continue):
+        if held:
             # A body that fits the input buffer is read whole before the app runs: then
             # the app's reads never wait, and no worker is woken once per network read.
             # Larger, chunked and 100-continue bodies stream to the app as they arrive.

@@ -27,7 +27,7 @@ import importlib.util
 import io
 import os
 import sys
-from time import perf_counter
+from time import perf_counter, thread_time
 from types import ModuleType
 from typing import Callable, Dict, List, Optional
 
@@ -138,7 +138,12 @@ def connection(tree: Tree, app: Callable = hello):
 
 
 def run(tree: Tree, request: bytes, number: int, full: bool, app: Callable = hello) -> float:
-    """Seconds for ``number`` requests; with ``full`` False, only their dataReceived."""
+    """
+    Seconds for ``number`` requests; with ``full`` False, only their dataReceived.  The
+    whole path is timed in this thread's CPU time, which leaves out the time the machine
+    gives other processes meanwhile; dataReceived alone by the clock, as a CPU-time clock
+    costs a system call (some 0.5 µs) per reading.
+    """
     reactor, server, transport, session = connection(tree, app)
     Context = tree.Context
     pool = server.pool
@@ -148,7 +153,7 @@ def run(tree: Tree, request: bytes, number: int, full: bool, app: Callable = hel
     elapsed = 0.0
     gc.disable()
     try:
-        start = perf_counter()
+        start = thread_time()
         for _ in range(number):
             if not full:
                 start = perf_counter()
@@ -160,7 +165,7 @@ def run(tree: Tree, request: bytes, number: int, full: bool, app: Callable = hel
             reactor.pump()
             transport.clear()
         if full:
-            elapsed = perf_counter() - start
+            elapsed = thread_time() - start
     finally:
         gc.enable()
     assert not queue and session.inflight == 0, "a request did not complete"
@@ -181,7 +186,7 @@ def app_alone(tree: Tree, request: bytes, number: int, app: Callable) -> float:
 
     gc.disable()
     try:
-        start = perf_counter()
+        start = thread_time()
         for _ in range(number):
             env = environ.copy()
             env["wsgi.input"] = io.BytesIO(body)
@@ -191,7 +196,7 @@ def app_alone(tree: Tree, request: bytes, number: int, app: Callable) -> float:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-        return perf_counter() - start
+        return thread_time() - start
     finally:
         gc.enable()
 

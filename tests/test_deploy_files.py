@@ -36,7 +36,7 @@ import pytest
 import yaml
 
 import rawhttp
-from conftest import LOCAL, ROOT, ServerProcess, start_server, wait_for
+from conftest import LOCAL, ROOT, TWISTD_NODAEMON, ServerProcess, start_server, wait_for
 from yimmo_twisted import cli
 from yimmo_twisted.config import OPTIONS
 from yimmo_twisted.proc import KILL_MARGIN
@@ -285,10 +285,12 @@ def test_image_command_serves_health_checks_pass_and_sigterm_ends_it(tmp_path):
     assert sorted(os.listdir(here)) == copied
 
 
-def test_as_pid_1_a_sigterm_while_the_app_is_imported_stops_the_server(tmp_path):
+@pytest.mark.parametrize("door", ["yimmo-wsgi", "twistd", "tac"])
+def test_as_pid_1_a_sigterm_while_the_app_is_imported_stops_the_server(tmp_path, door):
     """docker stop (or a pod's deletion) while the app is still being imported: a plain
     process dies of the signal, but PID 1 ignores it, serves once the import is done, and
-    waits for the SIGKILL (docker stop's timeout, terminationGracePeriodSeconds)."""
+    waits for the SIGKILL (docker stop's timeout, terminationGracePeriodSeconds).  Through
+    each door: the yimmo-wsgi command, twistd's plugin, a .tac file."""
     if not _pid_namespace():
         pytest.skip("no PID namespace to be had (unshare --pid needs root)")
     (tmp_path / "slow.py").write_text(
@@ -300,7 +302,15 @@ def test_as_pid_1_a_sigterm_while_the_app_is_imported_stops_the_server(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("YIMMO_")}
     env.update(PATH=SCRIPTS + os.pathsep + env["PATH"], YIMMO_WSGI_LISTEN=LOCAL,
                PYTHONUNBUFFERED="1")
-    server = ServerProcess(PID_NAMESPACE + ["yimmo-wsgi", "slow:app"], env, cwd=str(tmp_path))
+    (tmp_path / "slow.tac").write_text(
+        "from twisted.application import service\nfrom yimmo_twisted import YimmoService\n"
+        "application = service.Application('slow')\n"
+        "YimmoService('slow:app').setServiceParent(application)\n")
+    command = {"yimmo-wsgi": ["yimmo-wsgi", "slow:app"],
+               "twistd": TWISTD_NODAEMON + ["yimmo", "--app", "slow:app"],
+               "tac": TWISTD_NODAEMON + ["-y", "slow.tac"]}[door]
+    env["PYTHONPATH"] = str(tmp_path)  # twistd puts no folder of its own on sys.path
+    server = ServerProcess(PID_NAMESPACE + command, env, cwd=str(tmp_path))
     try:
         pid = _pid_1(server)
         # Once yimmo-wsgi imports the app (before it, Python itself is starting up: a

@@ -11,7 +11,7 @@ from typing import Any, List, Optional
 from . import __version__
 from .config import OPTIONS, ConfigError, Settings, build, help_text
 from .logs import logger, start_logging
-from .util import AppError
+from .util import AppError, stop_on_sigterm
 
 log = logger("yimmo.cli")
 
@@ -49,16 +49,10 @@ def settings_from(argv: Optional[List[str]]) -> Settings:
     return build(args, lambda o: "option " + "/".join(o.flags), os.environ)
 
 
-def _stopped_while_starting(signum: int, frame: Any) -> None:
-    sys.stderr.write("yimmo-wsgi: stopped by SIGTERM before serving\n")
-    sys.exit(0)  # nothing was served, nothing to drain: a clean stop
-
-
 def main(argv: Optional[List[str]] = None) -> None:
-    # SIGTERM before the reactor runs (and installs its own handler) stops the server
-    # too.  Without a handler, PID 1 (a container's entrypoint) ignores the signal: a
-    # docker stop during a slow import would be lost and the server serve until killed.
-    signal.signal(signal.SIGTERM, _stopped_while_starting)
+    # SIGTERM stops the server until the reactor runs and installs its own handler (kept
+    # until then: YimmoService would put the default back after the import).
+    stop_on_sigterm()
     try:
         settings = settings_from(argv)
         from .service import YimmoService

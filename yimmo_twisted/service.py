@@ -20,7 +20,7 @@ from .config import ConfigError, Settings, build
 from .logs import banner, logger, set_level
 from .proc import Manager
 from .server import Server, describe
-from .util import load_app
+from .util import load_app, stop_on_sigterm
 
 log = logger("yimmo.service")
 
@@ -62,6 +62,13 @@ class YimmoService(service.MultiService):
         if settings.tls and settings.listen:
             log.warn("tls_cert and tls_key apply to the port setting only; with listen, "
                      "write ssl: endpoints (ssl:8443:privateKey=KEY:certKey=CERT)")
+        restore = stop_on_sigterm()
+        try:
+            self._make_child(settings, callable_app, reactor)
+        finally:
+            restore()
+
+    def _make_child(self, settings: Settings, callable_app: Optional[Callable], reactor) -> None:
         if settings.managed:
             if callable_app is not None:
                 raise ConfigError("no_proc > 1 needs the application as MODULE:APP (each "

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ast
 import importlib
+import signal
 import sys
-from typing import Callable
+import threading
+from typing import Any, Callable
 
 from .yimmo_module import install as install_yimmo
 
@@ -70,3 +72,26 @@ def load_app(spec: str) -> Callable:
     if not callable(app):
         raise AppError("%s is not callable (got %s)" % (spec, type(app).__name__))
     return app
+
+
+def _stopped_while_starting(signum: int, frame: Any) -> None:
+    sys.stderr.write("yimmo-wsgi: stopped by SIGTERM before serving\n")
+    sys.exit(0)  # nothing was served, nothing to drain: a clean stop
+
+
+def stop_on_sigterm() -> Callable[[], None]:
+    """
+    Until the reactor runs and installs its own handler, SIGTERM has none, and PID 1 (a
+    container's entrypoint) ignores a signal it has no handler for: a docker stop during
+    a slow import would be lost and the server serve until killed.  This makes SIGTERM
+    exit (0: nothing was served) while nobody else handles it; the returned function
+    puts the default back, if this installed the handler.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        return lambda: None  # a program of its own handles it, or cannot be helped here
+    signal.signal(signal.SIGTERM, _stopped_while_starting)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return restore

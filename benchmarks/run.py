@@ -283,25 +283,21 @@ class Server:
         text = [line for line in self.output().splitlines() if line.strip()]
         return " / ".join(text[:lines]) or "(no output)"
 
-    def wait_ready(self, path: str = "/") -> Optional[str]:
-        """None once the server answers a request with 2xx, else why it did not."""
+    def wait_ready(self, path: str = "/",
+                   probe: Optional[Callable[[int], Optional[str]]] = None) -> Optional[str]:
+        """None once the server answers a request with 2xx, else why it did not.
+        ``probe(port)`` makes that request (None: answered with 2xx, else why not); the
+        default is an HTTP/1.1 GET of ``path``."""
+        probe = probe or (lambda port: http_get(port, path))
         deadline = time.monotonic() + START_TIMEOUT
         last = "no answer"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 return "exited with status %s: %s" % (self.proc.returncode, self.head())
-            conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
-            try:
-                conn.request("GET", path)
-                resp = conn.getresponse()
-                resp.read()
-                if 200 <= resp.status < 300:
-                    return None
-                last = "answered %d %s" % (resp.status, resp.reason)
-            except (OSError, http.client.HTTPException) as e:
-                last = "%s: %s" % (type(e).__name__, e)
-            finally:
-                conn.close()
+            why = probe(self.port)
+            if why is None:
+                return None
+            last = why
             time.sleep(0.1)
         return "not ready after %.0f s (%s): %s" % (START_TIMEOUT, last, self.head())
 
@@ -339,6 +335,22 @@ class Server:
                 server.stop()
             except Exception as e:  # keep stopping the others
                 print("error stopping %s: %s" % (server.name, e), file=sys.stderr)
+
+
+def http_get(port: int, path: str = "/") -> Optional[str]:
+    """None if an HTTP/1.1 GET of ``path`` is answered with 2xx, else why it was not."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=2)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        if 200 <= resp.status < 300:
+            return None
+        return "answered %d %s" % (resp.status, resp.reason)
+    except (OSError, http.client.HTTPException) as e:
+        return "%s: %s" % (type(e).__name__, e)
+    finally:
+        conn.close()
 
 
 def free_port() -> int:
@@ -883,15 +895,27 @@ def wrk_version() -> str:
         return "unknown"
 
 
-def header(args) -> Dict[str, object]:
+def machine() -> Dict[str, object]:
+    """The date and what the numbers depend on: CPU, cores, kernel, Python, load average."""
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
         "nproc": os.cpu_count(),
         "kernel": platform.system() + " " + platform.release(),
         "python": platform.python_implementation() + " " + platform.python_version(),
-        "versions": {name: server_version(name) for name in args.servers},
         "loadavg": load_average(),
+    }
+
+
+def machine_line(h: Dict[str, object]) -> str:
+    return ("- machine: %s, nproc %s, %s, %s; load average at start %s"
+            % (h["cpu"], h["nproc"], h["kernel"], h["python"], h["loadavg"]))
+
+
+def header(args) -> Dict[str, object]:
+    return {
+        **machine(),
+        "versions": {name: server_version(name) for name in args.servers},
         "wrk": wrk_version(),
         "wrk_args": "-t%d -c%d -d%ds --latency" % (args.threads_wrk, args.connections,
                                                     args.duration),
@@ -902,8 +926,7 @@ def print_header(h: Dict[str, object]) -> None:
     print("## yimmo-wsgi comparison benchmark")
     print()
     print("- date: %s" % h["date"])
-    print("- machine: %s, nproc %s, %s, %s; load average at start %s"
-          % (h["cpu"], h["nproc"], h["kernel"], h["python"], h["loadavg"]))
+    print(machine_line(h))
     print("- servers: " + "; ".join("%s %s" % (n, v) for n, v in h["versions"].items()))
     print("- client: wrk %s, `wrk %s`, after a %d s warm-up; one server process at a time, "
           "127.0.0.1 only" % (h["wrk"], h["wrk_args"], WARMUP))

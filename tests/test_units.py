@@ -413,6 +413,28 @@ def test_input_read_n_returns_exactly_n_until_the_end():
     feeder.join(5)
 
 
+def test_input_read_across_chunks_copies_only_what_it_returns():
+    # The reactor's reads (here 100 and 1000 bytes) and the app's (64) do not line up: a
+    # read that spans two chunks takes only what it needs of the second, which stays the
+    # buffer as it is (not joined whole to the remainder of the first, a copy of all of it).
+    first, second = b"a" * 100, b"b" * 1000
+    body = RequestBody(1100, 1 << 20)
+    body.whole(first)
+    body.feed(second)
+    stream = InputStream(make_exchange(method="POST", body=body), Recorder())
+    assert stream.read(64) == b"a" * 64
+    assert stream.read(64) == b"a" * 36 + b"b" * 28
+    assert stream._buf is second
+    assert stream.read(972) == b"b" * 972 and stream.read(1) == b""
+    body = RequestBody(None, 1 << 20)
+    for piece in (b"x" * 10, b"y" * 10):
+        body.feed(piece)
+    body.finish()
+    stream = InputStream(make_exchange(method="POST", body=body), Recorder())
+    assert stream.read(5) == b"xxxxx" and stream.read(10) == b"xxxxxyyyyy"
+    assert stream.read(100) == b"yyyyy" and stream.read() == b""
+
+
 def test_input_read_none_and_negative_read_all():
     for arg in (None, -1):
         stream, feeder, _ = input_stream(pieces_of(DATA, 9))

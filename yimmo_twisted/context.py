@@ -164,12 +164,38 @@ class InputStream:
     def read(self, size: Optional[int] = -1) -> bytes:
         if size is None or size < 0:
             size = sys.maxsize
-        if len(self._buf) - self._pos < size:
-            self._fill(size)
+        buf = self._buf
         pos = self._pos
-        data = self._buf[pos:pos + size]
-        self._pos = pos + len(data)
-        return data
+        have = len(buf) - pos
+        if have >= size:
+            self._pos = pos + size
+            return buf[pos:pos + size]
+        # Not enough buffered: the rest of the buffer and what the next chunks give, up to
+        # ``size``, copied once.  A chunk's bytes past ``size`` stay where they are, the
+        # buffer: the reactor's large reads and the app's smaller ones rarely line up, and
+        # joining a whole chunk to a remainder would copy it all once more.
+        parts: List[Any] = [memoryview(buf)[pos:]] if have else []
+        while True:
+            data = self._pull()  # when it raises, the buffer is left as it was
+            if not data:
+                break
+            need = size - have
+            if len(data) > need:
+                self._buf = data
+                self._pos = need
+                if not parts:
+                    return data[:need]
+                parts.append(memoryview(data)[:need])
+                return b"".join(parts)
+            parts.append(data)
+            have += len(data)
+            if have == size:
+                break
+        self._buf = b""
+        self._pos = 0
+        if len(parts) == 1 and type(parts[0]) is bytes:
+            return parts[0]  # one whole chunk: as it is
+        return b"".join(parts)
 
     def readline(self, size: Optional[int] = -1) -> bytes:
         limit = size if size is not None and size >= 0 else sys.maxsize

@@ -563,3 +563,21 @@ def test_ssl_context_factory(certificate, monkeypatch):  # noqa: F811
                         lambda self, factory: defer.succeed(None))
     with pytest.raises(ValueError, match="cannot find how 'ssl:0:.*' listens"):
         compat.ssl_context_factory(description)
+
+
+def test_h2_answers_after_the_clients_goaway(probes):
+    from h2.exceptions import ProtocolError
+    client, server = compat._h2_pair()
+    client.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
+                            (":authority", "x")], end_stream=True)
+    client.close_connection()
+    server.receive_data(client.data_to_send())
+    try:  # h2 as released: nothing more may be sent (python-hyper/h2 #1181)
+        server.send_headers(1, [(":status", "200")], end_stream=True)
+    except ProtocolError:
+        pass
+    compat.h2_open_after_goaway(server)
+    server.send_headers(1, [(":status", "200")], end_stream=True)
+    assert server.data_to_send()
+    with pytest.raises(ProtocolError):  # and new streams are still not for the server
+        server.send_headers(2, [(":status", "200")])

@@ -24,6 +24,7 @@ from h2.events import (
     StreamEnded, StreamReset,
 )
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
 
 from browser import needs_chromium, page_text
 from test_listening import LOCAL, PROXY_HEADERS, _ssl_endpoint, _tls_exchange
@@ -419,6 +420,21 @@ def test_sigterm_sends_goaway_and_finishes_streams(h2c):
     out, _ = inflight.communicate(timeout=10)
     assert inflight.returncode == 0 and out == "slept /sleep?t=1\n2"
     assert server.wait_exit(10) == 0
+
+
+def test_the_clients_goaway_lets_its_open_streams_finish(h2c):
+    """RFC 9113 6.8: after a client's GOAWAY (h2load sends one as it stops) the streams it
+    opened before are still answered, then the connection closes; h2 itself would refuse
+    to send anything more (python-hyper/h2 #1181)."""
+    server, client = h2c("apps:app")
+    c = client()
+    sid = c.request("/sleep?t=0.3")
+    # The frame as bytes: the client's h2 would refuse the answers after its own GOAWAY.
+    c.sock.sendall(GoAwayFrame(0, last_stream_id=0, error_code=0).serialize())
+    c.wait(lambda: c.streams[sid].ended or c.streams[sid].reset is not None or c.closed)
+    assert c.streams[sid].status == 200 and bytes(c.streams[sid].data).startswith(b"slept")
+    c.wait(lambda: c.closed)
+    assert "output refused" not in server.output()
 
 
 # -- limits and attacks ------------------------------------------------------------------

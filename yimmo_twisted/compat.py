@@ -1,5 +1,5 @@
 """
-The private parts of Twisted and autobahn that the server relies on, in one place.
+The private parts of Twisted, autobahn and h2 that the server relies on, in one place.
 
 Each one is worth its risk (the places that use them say why), but none is a promise of
 its library: a new release may rename or change it.  So each has a probe that checks,
@@ -28,6 +28,8 @@ start-up (Server.startService) and logs one warning naming what fell back.
   when the pool installs).
 * ``listen_arguments``, ``ssl_context_factory``: how an endpoint listens (its port,
   backlog, TLS context...), by public API alone.
+* ``h2_open_after_goaway``: h2's connection state machine, put back to open after the
+  client's GOAWAY, so that the streams the client opened before it are answered.
 """
 
 from __future__ import annotations
@@ -707,6 +709,55 @@ def ssl_context_factory(description: str):
     return listen_arguments(description)["contextFactory"]
 
 
+# -- h2: the answers after the client's GOAWAY -----------------------------------------
+
+def _h2_pair() -> Tuple[Any, Any]:
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    client = H2Connection(H2Configuration(client_side=True))
+    server = H2Connection(H2Configuration(client_side=False))
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    return client, server
+
+
+def _h2_reopen(conn: Any) -> None:
+    from h2.connection import ConnectionState
+    if conn.state_machine.state is ConnectionState.CLOSED:
+        conn.state_machine.state = ConnectionState.SERVER_OPEN
+
+
+@lru_cache(maxsize=None)
+def h2_goaway_ok() -> bool:
+    """
+    After a client's GOAWAY, h2 has its connection CLOSED, or it sends the answers of the
+    streams open anyway (a release that has mended python-hyper/h2 #1181); and once
+    reopened, it sends them.
+    """
+    try:
+        client, server = _h2_pair()
+        client.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
+                                (":authority", "probe")], end_stream=True)
+        client.close_connection()
+        server.receive_data(client.data_to_send())
+        _h2_reopen(server)
+        server.send_headers(1, [(":status", "200")], end_stream=True)
+        return bool(server.data_to_send())
+    except Exception:
+        return False
+
+
+def h2_open_after_goaway(conn: Any) -> None:
+    """
+    Let ``conn`` (a server's H2Connection) answer the streams open after the client's
+    GOAWAY, which RFC 9113 6.8 lets finish; h2 would refuse to send anything more.
+    """
+    if h2_goaway_ok():
+        _h2_reopen(conn)
+
+
 # -- at start-up -------------------------------------------------------------------------
 
 PROBES = (
@@ -730,6 +781,8 @@ PROBES = (
     ("autobahn's _dataReceived: its dataReceived instead", autobahn_receive_ok),
     ("autobahn's frame state (data, current_frame, inside_message, trafficStats): "
      "every frame through autobahn's reader and writer", autobahn_frames_ok),
+    ("h2's connection state after the client's GOAWAY (state_machine.state): the "
+     "streams open then are dropped, not answered", h2_goaway_ok),
 )
 
 

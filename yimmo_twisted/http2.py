@@ -48,7 +48,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import forwarded
+from . import compat, forwarded
 from .context import HTTP2_PAIR, Context, Emit, FileWrapper
 from .exchange import (
     ABORT, CLOSE, CONTINUE_100, DONE, RESUME, SERVER_SOFTWARE, ClientDisconnected, Exchange,
@@ -426,6 +426,8 @@ class H2Session(Protocol):
                     self.transport.loseConnection()
                     return
                 self._goaway = True
+                if self.streams:
+                    compat.h2_open_after_goaway(self.conn)
                 self._maybe_close()
             # Trailers (TrailersReceived) are ignored, as are the priorities and unknown
             # frames; h2 answers PING and SETTINGS itself.

@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import time
 from typing import Dict, List, Optional, Tuple
+from urllib.parse import urlencode
 
 import pytest
 from h2.config import H2Configuration
@@ -302,6 +303,25 @@ def test_write_and_generator_bodies(shared):
     assert bytes(s.data) == b"part 0\npart 1\npart 2\n"
     s = c.get("/short")  # less than its Content-Length: the stream is reset
     assert s.reset == ErrorCodes.INTERNAL_ERROR
+
+
+def test_response_fields_are_sent_as_http2_wants_them(shared):
+    """The app's fields as HTTP/2 allows them (RFC 9113 8.2): names in lower case, values
+    without the whitespace around them, connection-specific fields dropped; the client's
+    h2 refuses any other head."""
+    server, client = shared
+    query = urlencode([("X-Mixed-Case", "1"), ("x-padded", " \tv a l\t "),
+                       ("Connection", "keep-alive"), ("Keep-Alive", "timeout=5"),
+                       ("Transfer-Encoding", "chunked"), ("Upgrade", "h2c"),
+                       ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
+    for _ in range(2):  # the fields checked, then remembered
+        s = client().get("/headers?" + query)
+        assert s.status == 200 and bytes(s.data) == b"headers"
+        names = [name for name, _ in s.headers]
+        assert names == [n.lower() for n in names]
+        assert s.header(b"x-mixed-case") == b"1" and s.header(b"x-padded") == b"v a l"
+        assert not {b"connection", b"keep-alive", b"transfer-encoding", b"upgrade"} & set(names)
+        assert [v for n, v in s.headers if n == b"set-cookie"] == [b"a=1", b"b=2"]
 
 
 def test_access_log_says_http2(shared):

@@ -97,7 +97,9 @@ def _field(name: str, value: str) -> Field:
         kind = _DATE
     else:
         kind = _PLAIN
-    return kind, line, extra, (bname.lower(), bvalue)  # HTTP/2: names in lower case
+    # HTTP/2: the name in lower case, the value without the whitespace around it (RFC
+    # 9113 8.2.1); so h2 need not check and normalize each field of each response again.
+    return kind, line, extra, (bname.lower(), bvalue.strip(b" \t"))
 
 
 class InputStream:

@@ -173,6 +173,11 @@ class Handoff:
         records = self._records
         return bool(records) and records[0][0].session is session
 
+    def next_session(self) -> Optional[Channel]:
+        """The session of the record to be delivered next, if any (reactor thread)."""
+        records = self._records
+        return records[0][0].session if records else None
+
     def drain(self) -> None:
         """Deliver every queued record (reactor thread)."""
         self._wake_pending = False

@@ -116,6 +116,15 @@ class InputStream:
         self._pos = 0
         self._emit = emit
 
+    def detach(self) -> None:
+        """
+        The exchange is over: reads find the end, and the stream lets go of the exchange.
+        (The environ holds the stream, the stream the exchange, the exchange the environ: a
+        cycle per request that only the garbage collector would free.)
+        """
+        self._body = None
+        self._exchange = None  # type: ignore[assignment]
+
     def _resume(self) -> None:
         """The app took buffered body bytes: the reactor may read the client again."""
         self._emit(self._exchange, None, RESUME)
@@ -534,7 +543,7 @@ class Context:
         """Run the application for this exchange and send its whole response."""
         ex = self.exchange
         environ = ex.environ
-        environ["wsgi.input"] = InputStream(ex, self.emit)
+        environ["wsgi.input"] = stream = InputStream(ex, self.emit)
         result = None
         try:
             result = app(environ, self.start_response)
@@ -602,6 +611,7 @@ class Context:
                                 path=environ.get("PATH_INFO"))
             if ex.body is not None:
                 ex.body.release()
+            stream.detach()
 
     def _fail(self, status: int, reason: str, exc_info: Any) -> None:
         ex = self.exchange

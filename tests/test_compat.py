@@ -568,16 +568,17 @@ def test_ssl_context_factory(certificate, monkeypatch):  # noqa: F811
 def test_h2_answers_after_the_clients_goaway(probes):
     from h2.exceptions import ProtocolError
     client, server = compat._h2_pair()
+    compat.h2_open_after_goaway(server)
     client.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
                             (":authority", "x")], end_stream=True)
-    client.close_connection()
-    server.receive_data(client.data_to_send())
-    try:  # h2 as released: nothing more may be sent (python-hyper/h2 #1181)
-        server.send_headers(1, [(":status", "200")], end_stream=True)
-    except ProtocolError:
-        pass
-    compat.h2_open_after_goaway(server)
+    # The client's GOAWAY and a frame after it, read at once.
+    events = server.receive_data(client.data_to_send() + compat._GOAWAY_AND_MORE)
+    assert [type(e).__name__ for e in events] == ["RequestReceived", "StreamEnded",
+                                                  "ConnectionTerminated", "WindowUpdated"]
     server.send_headers(1, [(":status", "200")], end_stream=True)
     assert server.data_to_send()
     with pytest.raises(ProtocolError):  # and new streams are still not for the server
         server.send_headers(2, [(":status", "200")])
+    plain = compat._h2_pair()  # h2 as released: the frame after a GOAWAY fails
+    with pytest.raises(ProtocolError):
+        plain[1].receive_data(compat._GOAWAY_AND_MORE)

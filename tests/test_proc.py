@@ -17,6 +17,7 @@ from typing import Dict, List, Set
 import pytest
 
 import rawhttp
+from yimmo_twisted import compat
 from yimmo_twisted.server import SIGNAL_DEBOUNCE
 
 
@@ -265,6 +266,83 @@ def test_sighup_replaces_processes_without_refusing(serve):
     assert answered & after, (answered, after)  # the new processes serve
     assert wait_gone(before, 10)  # the old ones drained and ended
     assert server.alive()
+
+
+class H2Load(Load):
+    """``clients`` threads, each on an HTTP/2 connection (h2c) with ``streams`` requests
+    at a time.  After a GOAWAY the streams it does not name (those the server never
+    began, RFC 9113 6.8) are sent again on a new connection, as clients do; a stream it
+    names that is not answered is an error."""
+
+    def __init__(self, port: int, clients: int = 4, target: str = "/",
+                 streams: int = 2) -> None:
+        self.streams = streams
+        self.retried = 0
+        super().__init__(port, clients, target)
+
+    def _run(self) -> None:
+        from test_http2 import Client
+        c = None
+        while self.running:
+            if c is None or c.closed or c.goaway is not None:
+                if c is not None:
+                    c.close()
+                try:
+                    c = Client(self.port)
+                    # The client's h2 has the bug the server's has: it would take the
+                    # server's GOAWAY for the end of every stream.
+                    compat.h2_open_after_goaway(c.conn)
+                except OSError as e:
+                    self.errors.append("connect: %s" % e)
+                    return
+            if not self._round(c):
+                c = None
+        if c is not None:
+            c.close()
+
+    def _round(self, c) -> bool:
+        """``streams`` requests on ``c``; False if the connection failed them."""
+        sids = [c.request(self.target, flush=False) for _ in range(self.streams)]
+        c.flush()
+
+        def done(sid: int) -> bool:
+            return c.streams[sid].ended or c.streams[sid].reset is not None
+        try:
+            c.wait(lambda: all(done(s) for s in sids) or c.goaway is not None)
+            if c.goaway is not None:  # the streams it names are still answered
+                last = c.goaway.last_stream_id
+                c.wait(lambda: all(done(s) for s in sids if s <= last))
+        except (AssertionError, OSError) as e:
+            if c.goaway is None:
+                self.errors.append("%s: %s" % (type(e).__name__, e))
+                return False
+        for sid in sids:
+            stream = c.streams[sid]
+            if stream.ended and stream.headers and stream.status == 200:
+                self.ok[bytes(stream.data).split()[0]] += 1
+            elif c.goaway is not None and sid > c.goaway.last_stream_id:
+                self.retried += 1  # never begun: sent again on the next connection
+            else:
+                self.errors.append("stream %d: %r reset %r" % (sid, stream.headers,
+                                                                stream.reset))
+        return True
+
+
+def test_sighup_replaces_processes_without_failing_an_http2_stream(serve):
+    """SIGHUP as for HTTP/1.1: the old processes send GOAWAY, finish the streams they
+    took, and end; the new ones serve the connections that follow."""
+    server = serve("proc_apps:slow", "-p", "2", "-t", "2", "--access-log", "off",
+                   "--http2-cleartext", "on")
+    before: Set[int] = set(pids_of(server))
+    load = H2Load(server.port, clients=4, target="/?s=0.02")
+    sighup_under(server, load, 0.5)
+    after = {int(p) for p in re.findall(r"server process \d+ ready \(pid (\d+)\)",
+                                        server.output())} - before
+    assert load.errors == [], load.errors[:5]
+    answered = {int(p) for p in load.ok}
+    assert answered & after and answered & before, (answered, before, after)
+    assert wait_gone(before, 10)
+    assert "Traceback" not in server.output()
 
 
 def test_sighup_with_one_process_is_ignored(serve):

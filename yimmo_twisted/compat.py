@@ -28,8 +28,8 @@ start-up (Server.startService) and logs one warning naming what fell back.
   when the pool installs).
 * ``listen_arguments``, ``ssl_context_factory``: how an endpoint listens (its port,
   backlog, TLS context...), by public API alone.
-* ``h2_open_after_goaway``: h2's connection state machine, put back to open after the
-  client's GOAWAY, so that the streams the client opened before it are answered.
+* ``h2_open_after_goaway``: h2's connection state machine (``state_machine``), one that
+  stays open at the peer's GOAWAY, so that the streams open then are answered.
 """
 
 from __future__ import annotations
@@ -709,7 +709,7 @@ def ssl_context_factory(description: str):
     return listen_arguments(description)["contextFactory"]
 
 
-# -- h2: the answers after the client's GOAWAY -----------------------------------------
+# -- h2: the answers after the peer's GOAWAY -------------------------------------------
 
 def _h2_pair() -> Tuple[Any, Any]:
     from h2.config import H2Configuration
@@ -720,29 +720,57 @@ def _h2_pair() -> Tuple[Any, Any]:
     server.initiate_connection()
     server.receive_data(client.data_to_send())
     client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())  # the client's acknowledgement
     return client, server
 
 
-def _h2_reopen(conn: Any) -> None:
-    from h2.connection import ConnectionState
-    if conn.state_machine.state is ConnectionState.CLOSED:
-        conn.state_machine.state = ConnectionState.SERVER_OPEN
+# A client's GOAWAY (no error) and a WINDOW_UPDATE after it, as frames.
+_GOAWAY_AND_MORE = (b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + bytes(8)
+                    + b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x01")
+
+
+@lru_cache(maxsize=None)
+def _open_after_goaway() -> type:
+    from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
+    open_states = (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
+
+    class OpenAfterGoaway(H2ConnectionStateMachine):
+        """h2's connection states, but for the peer's GOAWAY, which leaves it open."""
+
+        def process_input(self, input_: Any) -> Any:
+            state = self.state
+            events = super().process_input(input_)
+            if input_ is ConnectionInputs.RECV_GOAWAY and state in open_states:
+                self.state = state
+            return events
+
+    return OpenAfterGoaway
+
+
+def _install_open_after_goaway(conn: Any) -> None:
+    machine = _open_after_goaway()()
+    machine.state = conn.state_machine.state
+    conn.state_machine = machine
 
 
 @lru_cache(maxsize=None)
 def h2_goaway_ok() -> bool:
     """
-    After a client's GOAWAY, h2 has its connection CLOSED, or it sends the answers of the
-    streams open anyway (a release that has mended python-hyper/h2 #1181); and once
-    reopened, it sends them.
+    h2's connection state machine can be replaced by one that stays open at the peer's
+    GOAWAY: then a request and the client's GOAWAY, and a frame after it, read at once,
+    give their events, and the request's answer is sent.
     """
     try:
+        from h2.events import (ConnectionTerminated, RequestReceived, StreamEnded,
+                               WindowUpdated)
         client, server = _h2_pair()
+        _install_open_after_goaway(server)
         client.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
                                 (":authority", "probe")], end_stream=True)
-        client.close_connection()
-        server.receive_data(client.data_to_send())
-        _h2_reopen(server)
+        events = server.receive_data(client.data_to_send() + _GOAWAY_AND_MORE)
+        if [type(e) for e in events] != [RequestReceived, StreamEnded, ConnectionTerminated,
+                                         WindowUpdated]:
+            return False
         server.send_headers(1, [(":status", "200")], end_stream=True)
         return bool(server.data_to_send())
     except Exception:
@@ -751,11 +779,13 @@ def h2_goaway_ok() -> bool:
 
 def h2_open_after_goaway(conn: Any) -> None:
     """
-    Let ``conn`` (a server's H2Connection) answer the streams open after the client's
-    GOAWAY, which RFC 9113 6.8 lets finish; h2 would refuse to send anything more.
+    Have ``conn`` (an H2Connection, new or open) answer the streams open when the peer's
+    GOAWAY comes, as RFC 9113 6.8 lets them finish, and read the frames after it.  h2 as
+    released closes its connection at any GOAWAY received (python-hyper/h2 #1181): the
+    frames read with it fail, and nothing more may be sent.
     """
     if h2_goaway_ok():
-        _h2_reopen(conn)
+        _install_open_after_goaway(conn)
 
 
 # -- at start-up -------------------------------------------------------------------------
@@ -781,8 +811,8 @@ PROBES = (
     ("autobahn's _dataReceived: its dataReceived instead", autobahn_receive_ok),
     ("autobahn's frame state (data, current_frame, inside_message, trafficStats): "
      "every frame through autobahn's reader and writer", autobahn_frames_ok),
-    ("h2's connection state after the client's GOAWAY (state_machine.state): the "
-     "streams open then are dropped, not answered", h2_goaway_ok),
+    ("h2's connection state machine (H2Connection.state_machine): after the client's "
+     "GOAWAY the streams open then are dropped, not answered", h2_goaway_ok),
 )
 
 

@@ -269,6 +269,7 @@ class H2Session(Protocol):
             SettingCodes.MAX_HEADER_LIST_SIZE: s.http2_max_header_list_size,
         })
         conn.decoder.max_header_list_size = s.http2_max_header_list_size
+        compat.h2_open_after_goaway(conn)  # the client's GOAWAY: the streams open finish
         self.conn = conn
         self.streams: Dict[int, H2Stream] = {}
         self.paused = False  # the transport's buffer is full
@@ -432,8 +433,6 @@ class H2Session(Protocol):
                     self.transport.loseConnection()
                     return
                 self._goaway = True
-                if self.streams:
-                    compat.h2_open_after_goaway(self.conn)
                 self._maybe_close()
             # Trailers (TrailersReceived) are ignored, as are the priorities and unknown
             # frames; h2 answers PING and SETTINGS itself.

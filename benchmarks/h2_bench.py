@@ -490,6 +490,9 @@ def parse_args(argv=None):
     p.add_argument("--tls", action="store_true",
                    help="HTTPS with a self-signed certificate, h2 by ALPN (default: h2c)")
     p.add_argument("--json", metavar="FILE", help="write the raw results here")
+    p.add_argument("--h2-alone", action="store_true",
+                   help="only time the h2 library's own work per request, in this process "
+                        "(no server, no socket)")
     args = p.parse_args(argv)
     if min(args.duration, args.warmup, args.rounds, args.connections, args.streams) < 1:
         p.error("--duration, --warmup, --rounds, --connections and --streams must be at "
@@ -501,12 +504,83 @@ def parse_args(argv=None):
     return args
 
 
+def h2_alone(requests: int = 20000, batch: int = 10) -> Dict[str, float]:
+    """
+    What the h2 library itself costs the server per hello-world request, in this process,
+    with no socket and no thread: µs to read a batch of h2load's requests (frames, HPACK,
+    state machines), to check their heads (h2's validate_headers, as the server runs it),
+    to send the answers (HEADERS and DATA, HPACK), and to read the client's
+    WINDOW_UPDATEs for them; configured as the server configures it.
+    """
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import DataReceived
+    from h2.utilities import HeaderValidationFlags, validate_headers
+
+    from yimmo_twisted.http2 import h2_configuration
+    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    server = H2Connection(h2_configuration())
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    request = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"),
+               (b":authority", b"127.0.0.1:8000"), (b"user-agent", b"h2load nghttp2/1.52.0")]
+    response = [(b":status", b"200"), (b"content-type", b"text/plain"),
+                (b"content-length", b"13"), (b"server", b"yimmo-twisted"),
+                (b"date", b"Tue, 01 Dec 2026 18:00:00 GMT")]
+    flags = HeaderValidationFlags(is_client=False, is_trailer=False,
+                                  is_response_header=False, is_push_promise=False)
+    spent = {"read": 0.0, "check": 0.0, "send": 0.0, "acks": 0.0}
+    clock = time.perf_counter
+    for _ in range(requests // batch):
+        sids = []
+        for _ in range(batch):
+            sid = client.get_next_available_stream_id()
+            client.send_headers(sid, request, end_stream=True)
+            sids.append(sid)
+        data = client.data_to_send()
+        t0 = clock()
+        events = server.receive_data(data)
+        t1 = clock()
+        for event in events:
+            headers = getattr(event, "headers", None)
+            if headers is not None:
+                list(validate_headers(headers, flags))
+        t2 = clock()
+        for sid in sids:
+            server.send_headers(sid, response)
+            server.send_data(sid, b"Hello, World!", end_stream=True)
+        out = server.data_to_send()
+        t3 = clock()
+        for event in client.receive_data(out):
+            if isinstance(event, DataReceived):
+                client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        acks = client.data_to_send()
+        t4 = clock()
+        server.receive_data(acks)
+        t5 = clock()
+        spent["read"] += t1 - t0
+        spent["check"] += t2 - t1
+        spent["send"] += t3 - t2
+        spent["acks"] += t5 - t4
+    per = {k: v / requests * 1e6 for k, v in spent.items()}
+    per["total"] = sum(per.values())
+    return per
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt("signal %d" % signum)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.h2_alone:
+        best = min((h2_alone() for _ in range(5)), key=lambda per: per["total"])
+        print("h2 alone, µs per hello-world request (the best of 5 runs of 20,000): "
+              + ", ".join("%s %.1f" % kv for kv in best.items()))
+        return 0
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
     h = header(args)

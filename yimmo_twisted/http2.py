@@ -101,6 +101,19 @@ class _Budget:
         return self.count <= self.most
 
 
+def h2_configuration() -> H2Configuration:
+    """How the server has h2 work: bytes, not str, and the header checks placed apart."""
+    # h2 validates a request's header block itself only to end the whole connection when
+    # one is malformed, losing the events of the frames read with it: the session runs
+    # h2's same validation per stream instead (_on_request), and resets that stream alone
+    # (RFC 9113 8.1.1).  The response heads are valid HTTP/2 by construction (context's
+    # fields in lower case, stripped, without hop-by-hop ones; the server's own): h2
+    # checking and normalizing each head again was a tenth of the reactor's time.
+    return H2Configuration(client_side=False, header_encoding=None,
+                           validate_inbound_headers=False, validate_outbound_headers=False,
+                           normalize_outbound_headers=False)
+
+
 # -- the worker side -----------------------------------------------------------------------
 
 class H2Exchange(Exchange):
@@ -249,16 +262,7 @@ class H2Session(Protocol):
         # The connection's environ and trusted proxies, as the HTTP/1.1 session found them.
         self._base: Dict[str, Any] = http1._base
         self._trusted = http1._trusted
-        # h2 validates a request's header block itself only to end the whole connection
-        # when one is malformed, losing the events of the frames read with it: the
-        # session runs h2's same validation per stream instead (_on_request), and resets
-        # that stream alone (RFC 9113 8.1.1).
-        # The response heads are made valid HTTP/2 by construction (context's fields in
-        # lower case, stripped, without hop-by-hop ones; the server's own): h2 checking
-        # and normalizing each head again was a tenth of the reactor's time.
-        conn = H2Connection(config=H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=False,
-            validate_outbound_headers=False, normalize_outbound_headers=False))
+        conn = H2Connection(config=h2_configuration())
         # The header list's bound is in force from the first frame.  The stream limit is
         # advertised by a second SETTINGS (connectionMade): h2 enforces the limit it has
         # in force by ending the connection, which is only fair once the client has

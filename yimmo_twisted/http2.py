@@ -403,9 +403,7 @@ class H2Session(Protocol):
             if isinstance(event, RequestReceived):
                 self._on_request(event)
             elif isinstance(event, DataReceived):
-                if not event.data and event.stream_ended is None and not (
-                        self._control.spend(self._now())):
-                    self._calm("control frames", "http2_max_control_frames")
+                if not event.data and event.stream_ended is None and self._too_many():
                     return
                 self._on_data(event)
             elif isinstance(event, StreamEnded):
@@ -421,14 +419,12 @@ class H2Session(Protocol):
                 else:
                     self._flush_all()
             elif isinstance(event, RemoteSettingsChanged):
-                if not self._control.spend(self._now()):
-                    self._calm("control frames", "http2_max_control_frames")
+                if self._too_many():
                     return
                 if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                     self._flush_all()
             elif isinstance(event, (PingReceived, PriorityUpdated)):
-                if not self._control.spend(self._now()):
-                    self._calm("control frames", "http2_max_control_frames")
+                if self._too_many():
                     return
             elif isinstance(event, ConnectionTerminated):
                 # The client's GOAWAY: it opens no more streams; those open may finish.
@@ -608,6 +604,13 @@ class H2Session(Protocol):
             self._calm("streams reset", "http2_max_resets")
             return False
         self._maybe_close()
+        return True
+
+    def _too_many(self) -> bool:
+        """One more control frame; True once past the budget (the connection ended)."""
+        if self._control.spend(self._now()):
+            return False
+        self._calm("control frames", "http2_max_control_frames")
         return True
 
     def _calm(self, what: str, setting: str) -> None:

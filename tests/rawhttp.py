@@ -103,11 +103,18 @@ def parse_head(head: bytes) -> Tuple[str, int, str, List[Tuple[str, str]]]:
 class Connection:
     """One client connection with its own receive buffer."""
 
-    def __init__(self, port: int, host: str = HOST, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, port: int, host: str = HOST, timeout: float = DEFAULT_TIMEOUT,
+                 rcvbuf: Optional[int] = None) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        if rcvbuf is None:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+        else:  # SO_RCVBUF before connect(): the TCP window is negotiated with it
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect((host, port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()  # received, not yet consumed
         self.eof = False  # the server closed its side (FIN) or reset the connection
@@ -315,8 +322,9 @@ class Connection:
         return not self.closed(wait)
 
 
-def connect(port: int, host: str = HOST, timeout: float = DEFAULT_TIMEOUT) -> Connection:
-    return Connection(port, host, timeout)
+def connect(port: int, host: str = HOST, timeout: float = DEFAULT_TIMEOUT,
+            rcvbuf: Optional[int] = None) -> Connection:
+    return Connection(port, host, timeout, rcvbuf)
 
 
 def request(method: str = "GET", target: str = "/", headers=None, body: bytes = b"",

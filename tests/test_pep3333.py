@@ -8,6 +8,11 @@ start_response validation as seen by the client, the exc_info rules, the write()
 callable, when the head is sent, application errors before and after the head, close()
 of the response iterable in every ending, wsgi.file_wrapper, backpressure from a client
 that does not read, an application under wsgiref.validate, and a Flask application.
+
+The tests speak HTTP/1.1 through ``H1Server`` (what the fixtures give): the few things
+whose wire differs between protocols (an aborted response, a client that goes away, how
+a response of unknown length is framed) are its methods and attributes, so that
+tests/test_pep3333_h2.py runs these same tests over HTTP/2 with its own server object.
 """
 
 from __future__ import annotations
@@ -35,12 +40,61 @@ OUTPUT_BUFFER = 256 * 1024
 # -- fixtures and helpers ------------------------------------------------------------------
 
 
+class H1Server:
+    """
+    A server under test (a conftest.ServerProcess, whose attributes it passes on) as the
+    tests speak to it over HTTP/1.1: its connections are rawhttp.Connection objects.
+    tests/test_pep3333_h2.py has the HTTP/2 counterpart, with the same interface.
+    """
+
+    protocol = "HTTP/1.1"  # SERVER_PROTOCOL, and Response.version
+    unsized_framing = "chunked"  # Response.framing of a body of unknown length
+    connection_fields = True  # Connection: reaches the app as HTTP_CONNECTION
+
+    def __init__(self, process) -> None:
+        self.process = process
+
+    def __getattr__(self, name: str):
+        return getattr(self.process, name)
+
+    def connect(self, timeout: float = rawhttp.DEFAULT_TIMEOUT,
+                rcvbuf=None) -> rawhttp.Connection:
+        return rawhttp.connect(self.process.port, self.process.host, timeout, rcvbuf)
+
+    def read_aborted(self, c, first: bytes, timeout: float = 5.0) -> bytes:
+        """
+        Read a response that the server aborts after its head (``first``: the body data
+        the app gave before failing): the connection closes before the response is
+        complete.  Returns what arrived.
+        """
+        with pytest.raises(rawhttp.Closed) as ei:
+            c.read_response(timeout=timeout)
+        assert c.eof
+        assert_aborted(ei.value.partial, first)
+        return ei.value.partial
+
+    def hang_up(self, c, how: str) -> None:
+        """The client goes away: "close" with a FIN, "reset" with a reset (SO_LINGER 0)."""
+        if how == "reset":
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00"
+                              b"\x00\x00\x00\x00")
+        c.close()
+
+
+@pytest.fixture
+def serve(serve):
+    """conftest's ``serve``, its servers as H1Server objects."""
+    def start(*args, **kw) -> H1Server:
+        return H1Server(serve(*args, **kw))
+    return start
+
+
 @pytest.fixture(scope="module")
 def server():
     """One server for most tests: 4 workers, 256 KiB input and output buffers."""
     s = start_server("pep_apps:app", "-t", "4", "--output-buffer", "256K",
                      "--input-buffer", "256K")
-    yield s
+    yield H1Server(s)
     s.stop()
 
 
@@ -167,7 +221,7 @@ def test_environ_required_keys_and_values(server):
     assert env["QUERY_STRING"] == ["str", "a=1&b=%20x"]
     assert env["SERVER_NAME"] == ["str", "127.0.0.1"]
     assert env["SERVER_PORT"] == ["str", str(server.port)]
-    assert env["SERVER_PROTOCOL"] == ["str", "HTTP/1.1"]
+    assert env["SERVER_PROTOCOL"] == ["str", server.protocol]
     assert env["REMOTE_ADDR"] == ["str", "127.0.0.1"]
     assert env["REMOTE_PORT"] == ["str", str(client_port)]
     assert env["HTTP_HOST"] == ["str", "example.test:8080"]
@@ -268,7 +322,10 @@ def test_environ_http_headers(server):
     assert env["HTTP_USER_AGENT"] == ["str", "pep-test/1"]
     assert env["HTTP_ACCEPT"] == ["str", "text/html"]
     assert env["HTTP_X_LATIN"] == ["str", "caf\xe9"]  # header bytes as latin-1
-    assert env["HTTP_CONNECTION"] == ["str", "close"]
+    if server.connection_fields:
+        assert env["HTTP_CONNECTION"] == ["str", "close"]
+    else:  # HTTP/2 has no Connection field (RFC 9113 8.2.2)
+        assert "HTTP_CONNECTION" not in env
 
 
 def test_environ_repeated_headers_joined(server):
@@ -626,13 +683,10 @@ def test_exc_info_after_head_reraises_and_aborts(server):
     token = new_key()
     with server.connect() as c:
         c.send(rawhttp.request("GET", "/exc-after?token=" + token, [("Connection", "close")]))
-        with pytest.raises(rawhttp.Closed) as ei:
-            c.read_response(timeout=5)
-        partial = ei.value.partial
-        assert c.eof
-    # Aborted: what arrived (possibly nothing, when the reset overtakes the data) is the
-    # start of the 200 response, never completed and never followed by the error page.
-    assert_aborted(partial, b"partial body")
+        # Aborted: what arrived (possibly nothing, when the reset overtakes the data) is
+        # the start of the 200 response, never completed and never followed by the error
+        # page.
+        partial = server.read_aborted(c, b"partial body")
     assert b"must never be sent" not in partial
     # The original exception, re-raised by start_response, reached the server's log.
     server.wait_for_output("original error " + token, 3)
@@ -701,10 +755,7 @@ def test_app_error_after_head_aborts_the_connection(server):
     token = new_key()
     with server.connect() as c:
         c.send(rawhttp.request("GET", "/raise-after?token=" + token))  # keep-alive request
-        with pytest.raises(rawhttp.Closed) as ei:
-            c.read_response(timeout=5)
-        assert c.eof
-    assert_aborted(ei.value.partial, b"first chunk")
+        server.read_aborted(c, b"first chunk")
     server.wait_for_output("app failure after headers " + token, 3)
 
 
@@ -756,14 +807,6 @@ def test_close_called_once_on_exception_before_first_chunk(server):
     assert stats(server, key)["closed"] == 1
 
 
-def hang_up(c, how: str) -> None:
-    """Close the client socket: with a FIN, or with a reset (SO_LINGER 0)."""
-    if how == "reset":
-        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00"
-                          b"\x00\x00\x00\x00")
-    c.close()
-
-
 def assert_closed_once_and_not_advanced(server, key: str) -> None:
     """close() is called within 3 s of the disconnect, once, and the iterable stops there."""
     s = wait_stats(server, key, lambda s: s["closed"] >= 1, timeout=3)
@@ -787,9 +830,10 @@ def test_close_called_once_when_a_stalled_client_disconnects(server, how):
         time.sleep(0.5)  # the worker is now blocked on the full socket
         s = stats(server, key)
         assert s["closed"] == 0 and s["produced"] < 64 << 20
+        server.hang_up(c, how)
+        assert_closed_once_and_not_advanced(server, key)
     finally:
-        hang_up(c, how)
-    assert_closed_once_and_not_advanced(server, key)
+        c.close()
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])
@@ -801,9 +845,10 @@ def test_close_called_once_when_client_disconnects_mid_stream(server, how):
                                % (key, 1 << 40)))
         c.read_head(timeout=5)
         c.read_exact(5000, timeout=5)  # streaming is under way
+        server.hang_up(c, how)
+        assert_closed_once_and_not_advanced(server, key)
     finally:
-        hang_up(c, how)
-    assert_closed_once_and_not_advanced(server, key)
+        c.close()
 
 
 # -- wsgi.file_wrapper ------------------------------------------------------------------------
@@ -820,7 +865,7 @@ def test_file_wrapper_streams_a_file(server, tmp_path, with_length):
     assert r.status == 200
     assert len(r.body) == len(data)
     assert hashlib.sha256(r.body).digest() == hashlib.sha256(data).digest()
-    assert r.framing == ("length" if with_length else "chunked")
+    assert r.framing == ("length" if with_length else server.unsized_framing)
     s = wait_stats(server, key, lambda s: s["closed"] >= 1)
     time.sleep(0.1)
     s = stats(server, key)
@@ -835,13 +880,9 @@ def test_slow_reader_pauses_the_app_then_gets_the_whole_body(server):
     key = new_key()
     size = 50 << 20
     block = 65536
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        sock.settimeout(10)
-        sock.connect(("127.0.0.1", server.port))
-        sock.sendall(b"GET /stream?key=%s&size=%d&block=%d HTTP/1.1\r\nHost: t\r\n"
-                     b"Connection: close\r\n\r\n" % (key.encode(), size, block))
+    with server.connect(10, rcvbuf=65536) as c:
+        c.send(b"GET /stream?key=%s&size=%d&block=%d HTTP/1.1\r\nHost: t\r\n"
+               b"Connection: close\r\n\r\n" % (key.encode(), size, block))
         # Do not read.  The app's iterable must stop being advanced.
         time.sleep(1.0)
         first = stats(server, key)["produced"]
@@ -856,19 +897,12 @@ def test_slow_reader_pauses_the_app_then_gets_the_whole_body(server):
         assert first < bound, "%d bytes produced while the client read nothing (bound %d)" % (
             first, bound)
         # Now read everything.
-        parts = []
-        while True:
-            data = sock.recv(1 << 20)
-            if not data:
-                break
-            parts.append(data)
-    finally:
-        sock.close()
-    raw = b"".join(parts)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200 ")
-    assert b"transfer-encoding: chunked" in head.lower()
-    body = dechunk(body)
+        r = c.read_response(timeout=20)
+        if server.protocol == "HTTP/1.1":
+            assert c.closed(10)  # Connection: close, and nothing after the last chunk
+    assert (r.version, r.status) == (server.protocol, 200)
+    assert r.framing == server.unsized_framing and not r.trailers
+    body = r.body
     assert len(body) == size
     assert body == expected_stream(size, block)
     s = wait_stats(server, key, lambda s: s["closed"] >= 1)
@@ -903,7 +937,7 @@ def test_validator_wrapped_app_runs_clean(serve):
     assert r1.body == b"validated GET /v"
     assert r2.body == b"posted:hello world, posted"
     assert r3.body == b"" and r3.header("content-length") == str(len(b"validated HEAD /v"))
-    assert r4.framing == "chunked"
+    assert r4.framing == s.unsized_framing
     assert r4.body == b"".join(b"chunk %d\n" % i for i in range(5))
     assert r5.body == b"written and returned"
     assert r6.body == b"3 lines"
@@ -931,7 +965,7 @@ def test_validator_wrapped_app_runs_clean(serve):
 @pytest.fixture(scope="module")
 def flask_server():
     s = start_server("pep_apps:flask_app", "-t", "2")
-    yield s
+    yield H1Server(s)
     s.stop()
 
 

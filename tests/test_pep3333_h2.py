@@ -53,25 +53,11 @@ EXCLUDED = {
         "is test_input_of_concurrent_streams_stays_apart",
 }
 
-# Server defects seen over HTTP/2 (node name: reason), until the server is fixed.
-XFAIL: Dict[str, str] = {
-    "test_start_response_errors_give_500_and_nothing_bad_on_the_wire[status_nonlatin]":
-        "a status with characters beyond latin-1 ('200 evil \\u20ac') is answered 200 over "
-        "HTTP/2 (only its code is used), 500 over HTTP/1.1",
-}
-
 assert set(EXCLUDED) <= set(vars(test_pep3333)), "EXCLUDED names a test that is gone"
 for _name, _test in vars(test_pep3333).items():
     if _name.startswith("test_") and callable(_test) and _name not in EXCLUDED:
         globals()[_name] = _test
 del _name, _test
-
-
-@pytest.fixture(autouse=True)
-def _known_server_defects(request):
-    reason = XFAIL.get(request.node.name)
-    if reason:
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason=reason))
 
 
 # -- the HTTP/2 side of test_pep3333's interface ---------------------------------------------

@@ -102,6 +102,16 @@ def _field(name: str, value: str) -> Field:
     return kind, line, extra, (bname.lower(), bvalue.strip(b" \t"))
 
 
+def status_of(status: str) -> Tuple[bytes, int]:
+    """The HTTP/1.1 status line of ``status`` and its code; a status not latin-1 raises."""
+    known = _STATUSES.get(status)
+    if known is None:
+        known = (b"HTTP/1.1 %s\r\n" % status.encode("latin-1"), int(status[:3]))
+        if len(_STATUSES) < _FIELDS_MAX:
+            _STATUSES[status] = known
+    return known
+
+
 class InputStream:
     """``wsgi.input``: reads the request body, never past its end, streaming as it arrives."""
 
@@ -392,12 +402,7 @@ class Context:
         if self.status is None:
             raise AssertionError("the application sent a body before calling start_response")
         ex = self.exchange
-        status = _STATUSES.get(self.status)
-        if status is None:
-            status = (b"HTTP/1.1 %s\r\n" % self.status.encode("latin-1"), int(self.status[:3]))
-            if len(_STATUSES) < _FIELDS_MAX:
-                _STATUSES[self.status] = status
-        line, code = status
+        line, code = status_of(self.status)
         never_length = code < 200 or code == 204  # RFC 9110 8.6: no Content-Length at all
         self.no_body = no_body = ex.head_only or never_length or code == 304
         lines = [line]

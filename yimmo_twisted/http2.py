@@ -49,7 +49,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import compat, forwarded
-from .context import HTTP2_PAIR, Context, Emit, FileWrapper
+from .context import HTTP2_PAIR, Context, Emit, FileWrapper, status_of
 from .exchange import (
     ABORT, CLOSE, CONTINUE_100, DONE, RESUME, SERVER_SOFTWARE, ClientDisconnected, Exchange,
     RequestBody, date_header, error_response,
@@ -169,7 +169,7 @@ class H2Context(Context):
             raise AssertionError("the application sent a body before calling start_response")
         ex = self.exchange
         assert isinstance(ex, H2Exchange)
-        code = int(self.status[:3])
+        code = status_of(self.status)[1]  # and the status is latin-1, as PEP 3333 has it
         never_length = code < 200 or code == 204  # RFC 9110 8.6
         self.no_body = no_body = ex.head_only or never_length or code == 304
         head = [(b":status", self.status[:3].encode("ascii"))]

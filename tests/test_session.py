@@ -240,46 +240,6 @@ def test_limits_everywhere(limit, where):
     assert h.transport.disconnecting
 
 
-def test_one_llhttp_parser_reads_the_heads_of_a_connection_with_bodies():
-    # llhttp waits for the body of a head, which the reader frames itself: it is told the
-    # message ended, so the same parser reads the next head (small bodies; a large one
-    # gets a new parser), and framing is still the reader's.
-    from yimmo_twisted.http1 import END, NEED_DATA, Head, Limits, RequestReader
-    reader = RequestReader(Limits())
-    stream = (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
-              b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
-              b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-              b"2\r\nab\r\n0\r\n\r\n"
-              b"PUT /p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nxyz")
-    parsers: list = []  # held, so that no two have the same id
-    events: list = []
-    for i in range(0, len(stream), 40):
-        reader.feed(stream[i:i + 40])
-        while True:
-            event = reader.next_event()
-            if event is NEED_DATA:
-                break
-            if type(event) is Head:
-                if reader._parser not in parsers:
-                    parsers.append(reader._parser)
-                events.append((event.method, event.length, event.chunked))
-            elif event is END:
-                events.append("END")
-            else:
-                events.append(event)
-    assert b"".join(e for e in events if type(e) is bytes) == b"helloabxyz"
-    assert [e for e in events if type(e) is tuple] == [
-        ("GET", 0, False), ("POST", 5, False), ("POST", 0, True), ("PUT", 3, False)]
-    assert events.count("END") == 3
-    assert len(parsers) == 1
-    reader.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n")
-    assert type(reader.next_event()) is Head
-    reader.feed(b"x" * 70000)
-    assert reader.next_event() == b"x" * 70000 and reader.next_event() is END
-    reader.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert type(reader.next_event()) is Head and reader._parser not in parsers
-
-
 def test_a_body_read_with_its_head_is_taken_whole():
     from yimmo_twisted.http1 import NEED_DATA, Head, Limits, RequestReader
     reader = RequestReader(Limits())

@@ -118,12 +118,6 @@ _CHUNK_LINE = re.compile(
 _FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*[\t\x20-\x7e\x80-\xff]*\r\n")
 # max_request_line bounds the target; the method and version around it get this much.
 _LINE_SLACK = 64
-# What llhttp is fed in place of a body it waits for after a head (the body is framed here,
-# never shown to it), so that the parser ends its message and reads the next head: a
-# chunked body's last chunk, or up to this many bytes of a Content-Length (llhttp only
-# counts them).  A larger body costs a new parser for the next head instead.
-_LAST_CHUNK = b"0\r\n\r\n"
-_NO_BODY = memoryview(bytes(65536))
 
 _METHODS: Dict[bytes, str] = {}  # bytes -> str, for the methods llhttp knows (a closed set)
 
@@ -426,23 +420,8 @@ class RequestReader:
         self._keep_alive = keep_alive
         if not (chunked or length):
             self._state = _HEAD if keep_alive else _CLOSED  # no body: no END (see _check)
-        elif keep_alive and not fields.clean and (chunked or length <= len(_NO_BODY)):
-            self._end_parser_message(_LAST_CHUNK if chunked else _NO_BODY[:length])
         return Head(method, target, http11, fields.headers, keep_alive, length, chunked,
                     expect_continue, upgrade and b"upgrade" in connection)
-
-    def _end_parser_message(self, body: Union[bytes, memoryview]) -> None:
-        """
-        Let llhttp end the message of a head with a body, as if it had read the body: its
-        parser then reads the next head, where a new one would cost more than this call
-        (and more work for the garbage collector).
-        """
-        parser = self._parser
-        assert parser is not None  # it parsed the head
-        try:
-            parser.feed_data(body)
-        except HttpParserError:
-            self._fields.clean = False  # a new parser reads the next head
 
     def _end(self) -> _Sentinel:
         # The end of a body.  After a request that ends its connection (Connection: close,

@@ -1200,6 +1200,27 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt("signal %d" % signum)
 
 
+def lacks_its_app(scenario: str) -> bool:
+    """The scenario's app needs a package that is not installed: said so, and True."""
+    need = SCENARIO_NEEDS.get(scenario)
+    if need and version(need) == "not installed":
+        print("### %s: skipped, %s not installed (pip install %s)\n"
+              % (scenario, need, need.lower()))
+        return True
+    return False
+
+
+def wrap_up(folder: tempfile.TemporaryDirectory, path: Optional[str],
+            data: Dict[str, object]) -> None:
+    """Every server stopped, the run's folder removed, and the raw results kept if asked."""
+    Server.stop_all()
+    folder.cleanup()
+    if path:
+        with open(path, "w") as f:
+            json.dump(data, f, indent=2)
+        print("raw results written to %s" % path, file=sys.stderr)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
@@ -1222,10 +1243,7 @@ def main(argv=None) -> int:
         absent = {name: missing(name) for name in args.servers}
         skipped = ["%s not run: %s" % (name, why) for name, why in absent.items() if why]
         for scenario in args.scenarios:
-            need = SCENARIO_NEEDS.get(scenario)
-            if need and version(need) == "not installed":
-                print("### %s: skipped, %s not installed (pip install %s)\n"
-                      % (scenario, need, need.lower()))
+            if lacks_its_app(scenario):
                 continue
             results[scenario] = []
             for server in args.servers:
@@ -1242,13 +1260,7 @@ def main(argv=None) -> int:
         print("interrupted: stopping servers", file=sys.stderr)
         status = 130
     finally:
-        Server.stop_all()
-        folder.cleanup()
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"meta": h, "duration": args.duration, "results": results}, f,
-                          indent=2)
-            print("raw results written to %s" % args.json, file=sys.stderr)
+        wrap_up(folder, args.json, {"meta": h, "duration": args.duration, "results": results})
     return status
 
 

@@ -261,7 +261,11 @@ def test_invalid_content_length(shared, length):
     c = client()
     sid = c.request("/echo", method="POST", body=b"x", headers=[("content-length", length)])
     c.wait(lambda: c.closed or c.goaway is not None or c.streams[sid].ended)
-    assert c.goaway is not None and c.goaway.error_code == ErrorCodes.PROTOCOL_ERROR
+    if c.goaway is None and length == "+1":
+        # h2 before 4.2 reads a signed length as a number: the server's own check refuses it.
+        assert c.streams[sid].status == 400
+    else:
+        assert c.goaway is not None and c.goaway.error_code == ErrorCodes.PROTOCOL_ERROR
     assert client().get("/").status == 200
 
 

@@ -738,10 +738,11 @@ def _open_after_goaway() -> type:
         """h2's connection states, but for the peer's GOAWAY, which leaves it open."""
 
         def process_input(self, input_: Any) -> Any:
-            state = self.state
+            machine: Any = self  # h2 before 4.2 has no type hints for its attributes
+            state = machine.state
             events = super().process_input(input_)
             if input_ is ConnectionInputs.RECV_GOAWAY and state in open_states:
-                self.state = state
+                machine.state = state
             return events
 
     return OpenAfterGoaway

@@ -46,10 +46,9 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)  # run.py beside this file (benchmarks/ is no package)
-from run import (ERROR_PATTERNS, HOST, SCENARIOS, STOP_TIMEOUT,  # noqa: E402
-                 Server, _granian, _gunicorn, _yimmo, cell, cpu_seconds, free_port,
-                 lacks_its_app, machine, machine_line, names, print_checks, thread_seconds,
-                 version, wrap_up)
+from run import (HOST, SCENARIOS, STOP_TIMEOUT, Server, _granian, _gunicorn,  # noqa: E402
+                 _yimmo, cell, cpu_seconds, free_port, lacks_its_app, machine, machine_line,
+                 names, print_checks, stop_and_report, thread_seconds, version, wrap_up)
 
 # The targets of HTTP/2 hello world: yimmo's req/s over each peer's.
 TARGET_GUNICORN = 1.0  # ahead of it
@@ -291,13 +290,7 @@ def measure(name: str, scenario: str, tls: TLS, args, folder: str) -> Dict[str, 
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
         run["error"] = str(e)
     finally:
-        server.stop()
-        output = server.output()
-        run["stop"] = server.stop_info
-        suspicious = [line for line in output.splitlines() if ERROR_PATTERNS.search(line)]
-        run["server_errors"] = suspicious[:20]
-        run["server_error_count"] = len(suspicious)
-        server.log.close()
+        stop_and_report(server, run)
     if run["ok"]:
         print("[%s] %s: %.0f req/s, %s µs CPU/req, p99 %s ms, errors %d" % (
             scenario, name, run["rps"], number(run.get("cpu_us"), "%.0f"),

@@ -416,6 +416,19 @@ ERROR_PATTERNS = re.compile(r'Traceback|Unhandled|CRITICAL|\bcritical\b|ERROR|\b
                             r'Exception|"isError": 1')
 
 
+def stop_and_report(server: "Server", row: Dict[str, object]) -> str:
+    """Stop ``server``; how it stopped and the suspicious lines it logged go in ``row``.
+    Its whole output."""
+    server.stop()
+    output = server.output()
+    row["stop"] = server.stop_info
+    suspicious = [line for line in output.splitlines() if ERROR_PATTERNS.search(line)]
+    row["server_errors"] = suspicious[:20]
+    row["server_error_count"] = len(suspicious)
+    server.log.close()
+    return output
+
+
 def measure(server_name: str, scenario: str, args) -> Dict[str, object]:
     peer = SERVERS[server_name]
     app, script, _ = SCENARIOS[scenario]
@@ -442,14 +455,7 @@ def measure(server_name: str, scenario: str, args) -> Dict[str, object]:
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
         row["error"] = str(e)
     finally:
-        server.stop()
-        output = server.output()
-        row["stop"] = server.stop_info
-        row["server_output_lines"] = len(output.splitlines())
-        suspicious = [line for line in output.splitlines() if ERROR_PATTERNS.search(line)]
-        row["server_errors"] = suspicious[:20]
-        row["server_error_count"] = len(suspicious)
-        server.log.close()
+        row["server_output_lines"] = len(stop_and_report(server, row).splitlines())
     if row["server_error_count"]:
         print("[%s] %s: %d suspicious line(s) in its output, first: %s"
               % (scenario, server_name, row["server_error_count"], row["server_errors"][0][:300]),

@@ -569,7 +569,6 @@ class H2Session(Protocol):
             if ex.dispatched:
                 body.fail(HTTPError(413, "request body too large"))
             else:
-                del self.streams[sid]
                 self._respond(stream, 413, "request body too large", ex.head_only)
             return
         if body.feed(data) or stream.unacked:
@@ -771,7 +770,7 @@ class H2Session(Protocol):
         self._maybe_close()
 
     def _respond(self, stream: H2Stream, status: int, reason: str, head_only: bool) -> None:
-        """The server's own answer on ``stream`` (no exchange runs)."""
+        """The server's own answer on ``stream`` (no exchange runs), which ends it."""
         log.info("refusing an HTTP/2 request: {status} {reason}", status=status, reason=reason)
         self.server.refused_h2[status] += 1
         access = self.server.access
@@ -787,8 +786,10 @@ class H2Session(Protocol):
             conn.reset_stream(sid, ErrorCodes.NO_ERROR)  # if the client still sends
         except StreamClosedError:
             pass
+        self.streams.pop(sid, None)
         stream.gone = True
         self._unready(stream)
+        self._release_window(stream)
 
     def _write_out(self) -> None:
         data = self.conn.data_to_send()
@@ -856,9 +857,7 @@ class H2Session(Protocol):
                 if ex.dispatched:
                     ex.body.fail(HTTPError(408, "request body timed out"))  # to the app
                 else:
-                    self.streams.pop(stream.stream_id, None)
                     self._respond(stream, 408, "request body timed out", ex.head_only)
-                    self._release_window(stream)
         # The next deadline: the earliest left.
         times = [t for stream in self.streams.values()
                  for t in (stream.send_by, stream.read_by) if t is not None]

@@ -226,7 +226,7 @@ class _Channel(Channel):
 
     def next_for_me(self) -> bool:
         """The handoff delivers a record of this WebSocket next (reactor thread)."""
-        return self._handoff.next_for(self)
+        return self._handoff.next_session() is self
 
     def deliver(self, _exchange, data: Optional[bytes], end: int) -> None:
         """A record of ``emit`` (from Handoff.drain)."""

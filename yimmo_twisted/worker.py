@@ -164,17 +164,12 @@ class Handoff:
     def pending(self) -> bool:
         return bool(self._records)
 
-    def next_for(self, session: Channel) -> bool:
-        """
-        The record to be delivered next is for ``session`` (reactor thread): then a
-        delivery may hold its bytes back for one write with the next (drain delivers
-        every record before it returns).
-        """
-        records = self._records
-        return bool(records) and records[0][0].session is session
-
     def next_session(self) -> Optional[Channel]:
-        """The session of the record to be delivered next, if any (reactor thread)."""
+        """
+        The session of the record to be delivered next, if any (reactor thread): when it
+        is the one a delivery is for, that delivery may hold its bytes back for one write
+        with the next (drain delivers every record before it returns).
+        """
         records = self._records
         return records[0][0].session if records else None
 

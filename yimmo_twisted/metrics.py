@@ -182,11 +182,9 @@ def _families(data: Dict[str, Any]) -> Iterator[Any]:
                                    "any app ran)", labels=("method", "status", "protocol"))
     by_label: Dict[tuple, int] = {}
     for key, n in data.get("requests", {}).items():
-        method, status_class, *rest = key.split(" ")
+        method, status_class, protocol = key.split(" ", 2)  # a protocol an app set may hold spaces
         if method != REFUSED and method not in METHODS:
             method = "other"
-        # A process of the version before the protocol label counted HTTP/1.1 alone.
-        protocol = rest[0] if rest else "HTTP/1.1"
         if protocol not in PROTOCOLS:
             protocol = "other"
         label = (method, status_class + "xx", protocol)

@@ -572,7 +572,7 @@ def test_h2_answers_after_the_clients_goaway(probes):
     client.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
                             (":authority", "x")], end_stream=True)
     # The client's GOAWAY and a frame after it, read at once.
-    events = server.receive_data(client.data_to_send() + compat._GOAWAY_AND_MORE)
+    events = server.receive_data(client.data_to_send() + compat._goaway_and_more())
     assert [type(e).__name__ for e in events] == ["RequestReceived", "StreamEnded",
                                                   "ConnectionTerminated", "WindowUpdated"]
     server.send_headers(1, [(":status", "200")], end_stream=True)
@@ -581,4 +581,4 @@ def test_h2_answers_after_the_clients_goaway(probes):
         server.send_headers(2, [(":status", "200")])
     plain = compat._h2_pair()  # h2 as released: the frame after a GOAWAY fails
     with pytest.raises(ProtocolError):
-        plain[1].receive_data(compat._GOAWAY_AND_MORE)
+        plain[1].receive_data(compat._goaway_and_more())

@@ -724,9 +724,11 @@ def _h2_pair() -> Tuple[Any, Any]:
     return client, server
 
 
-# A client's GOAWAY (no error) and a WINDOW_UPDATE after it, as frames.
-_GOAWAY_AND_MORE = (b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + bytes(8)
-                    + b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x01")
+def _goaway_and_more() -> bytes:
+    """A client's GOAWAY (no error), and a WINDOW_UPDATE after it."""
+    from hyperframe.frame import GoAwayFrame, WindowUpdateFrame
+    return (GoAwayFrame(0, last_stream_id=0, error_code=0).serialize()
+            + WindowUpdateFrame(0, window_increment=1).serialize())
 
 
 @lru_cache(maxsize=None)
@@ -768,7 +770,7 @@ def h2_goaway_ok() -> bool:
         _install_open_after_goaway(server)
         client.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
                                 (":authority", "probe")], end_stream=True)
-        events = server.receive_data(client.data_to_send() + _GOAWAY_AND_MORE)
+        events = server.receive_data(client.data_to_send() + _goaway_and_more())
         if [type(e) for e in events] != [RequestReceived, StreamEnded, ConnectionTerminated,
                                          WindowUpdated]:
             return False

@@ -28,11 +28,14 @@ Routes of ``apps:app``:
     /headers            response headers from the query: /headers?X-A=1&X-B=2
     /discard            reads the body in ?n=65536 byte pieces, sleeping ?delay=0 seconds
                         after each, and answers how many bytes it read
+    /modules            JSON: which of the optional parts' libraries (autobahn, h2) the
+                        server process has imported
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from urllib.parse import parse_qs, parse_qsl
@@ -291,8 +294,14 @@ def browser_page(environ, start_response):
     return [BROWSER_PAGE]
 
 
+def modules(environ, start_response):
+    body = json.dumps({name: name in sys.modules for name in ("autobahn", "h2")}).encode()
+    return _text(start_response, body)
+
+
 ROUTES = {
     "/browser-page": browser_page,
+    "/modules": modules,
     "/": hello,
     "/env": environ_app,
     "/echo": echo,

@@ -503,6 +503,19 @@ def test_yimmo_wsgi_console_script(serve):
         assert server.stop() == 0
 
 
+@pytest.mark.parametrize("app, args, loaded", [
+    ("apps:app", (), {"autobahn": False, "h2": False}),
+    ("apps:app", ("--http2-cleartext", "on"), {"autobahn": False, "h2": True}),
+    ("ws_apps:app", (), {"autobahn": True, "h2": False}),
+], ids=["plain", "h2c", "websockets"])
+def test_a_server_imports_the_libraries_of_the_parts_it_serves_alone(serve, app, args, loaded):
+    # autobahn (with the crypto libraries) and h2 are for the apps and settings that use
+    # them: a third of the start-up time otherwise.  The WebSocket app's is imported at
+    # start-up, before any handshake, not in the reactor's turn of the first one.
+    server = serve(app, *args)
+    assert json.loads(server.get("/modules").body) == loaded
+
+
 def test_port_from_yaml_file(serve, tmp_path):
     port = free_port()
     path = write_yaml(tmp_path, "wsgi: {port: %d, no_threads: 1}\n" % port)

@@ -5,6 +5,7 @@ HTTP routes:
     /                   "hello"
     /ws-log             JSON: close_paths (PATH_INFO of each session whose on_close ran)
                         and overlap (times two callbacks of one session ran at once)
+    /modules            as apps:app's
 
 WebSocket paths (the handshake's PATH_INFO picks the behaviour in on_open):
     /reject             on_open returns 1: the handshake is refused (403)
@@ -35,6 +36,8 @@ import time
 
 from twisted.python.threadable import isInIOThread
 
+import apps
+
 try:
     import yimmo
 except ImportError:  # pragma: no cover - run only under the server
@@ -45,6 +48,8 @@ _log = {"close_paths": [], "overlap": 0, "active": {}}
 
 
 def app(environ, start_response):
+    if environ["PATH_INFO"] == "/modules":
+        return apps.modules(environ, start_response)
     if environ["PATH_INFO"] == "/ws-log":
         with _lock:
             body = json.dumps({k: v for k, v in _log.items() if k != "active"}).encode()

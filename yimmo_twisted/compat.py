@@ -5,7 +5,8 @@ Each one is worth its risk (the places that use them say why), but none is a pro
 its library: a new release may rename or change it.  So each has a probe that checks,
 once and cheaply, that the API is there and behaves as relied on with the installed
 versions, and a public fallback for when it does not.  ``check`` runs the probes at
-start-up (Server.startService) and logs one warning naming what fell back.
+start-up (Server.startService; the WebSocket bridge's and HTTP/2's when those are first
+used, if that is later) and logs one warning naming what fell back.
 
 * ``writer``: writing to a plain TCP socket directly (tcp.Connection's buffers).
 * ``sendfile_socket``, ``resume_when_writable``: a file body sent with sendfile on a
@@ -35,12 +36,12 @@ start-up (Server.startService) and logs one warning naming what fell back.
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import socket
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, cast
 
-from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet import defer, endpoints, tcp, unix
 from twisted.internet.base import ReactorBase
 from twisted.internet.interfaces import IPullProducer, IStreamServerEndpoint
@@ -534,6 +535,8 @@ def read_proxy_header(wrapper, feed: Callable[[bytes], None],
 @lru_cache(maxsize=None)
 def autobahn_receive_ok() -> bool:
     """autobahn's Twisted dataReceived only logs and hands the bytes to ``_dataReceived``."""
+    from autobahn.twisted.websocket import WebSocketServerProtocol
+
     try:
         return (callable(WebSocketServerProtocol._dataReceived) and "_dataReceived"
                 in WebSocketServerProtocol.dataReceived.__code__.co_names)
@@ -547,6 +550,8 @@ def websocket_data_received() -> Callable:
     skips the debug line autobahn's public one formats on every call, logged or not (a
     tenth of the cost of a small message); else the public one.
     """
+    from autobahn.twisted.websocket import WebSocketServerProtocol
+
     if autobahn_receive_ok():
         return WebSocketServerProtocol._dataReceived
     return WebSocketServerProtocol.dataReceived
@@ -568,7 +573,7 @@ def autobahn_frames_ok() -> bool:
     false; ``_perMessageCompress`` is None without compression; and its traffic
     counters are the attributes of ``trafficStats`` that it adds a frame's lengths to.
     """
-    from autobahn.twisted.websocket import WebSocketServerFactory
+    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
     from twisted.internet.testing import StringTransport
 
     received: list = []
@@ -793,7 +798,13 @@ def h2_open_after_goaway(conn: Any) -> None:
 
 # -- at start-up -------------------------------------------------------------------------
 
-PROBES = (
+# What each part of the server relies on: its library and its probes.  The core's run at
+# every start-up; the WebSocket bridge's and HTTP/2's at start-up when the app or the
+# settings use that part, else when it is first used: a server without it does not import
+# its library (autobahn, with Twisted's TLS and the crypto libraries, is a third of the
+# server's start-up time).
+Part = Tuple[str, Tuple[Tuple[str, Callable[[], bool]], ...]]
+CORE: Part = ("twisted", (
     ("direct writes to TCP sockets (tcp.Connection buffers): transport.write instead",
      direct_write_ok),
     ("sendfile paced by tcp.Connection (a pull producer asked by doWrite after "
@@ -811,21 +822,31 @@ PROBES = (
      "and the socket left open until the process exits", unix_adoption_ok),
     ("the PROXY header state (HAProxyProtocolWrapper._proxyInfo): an empty read after "
      "each chunk of the header tells its end instead", proxy_info_ok),
+))
+WEBSOCKETS: Part = ("autobahn", (
     ("autobahn's _dataReceived: its dataReceived instead", autobahn_receive_ok),
     ("autobahn's frame state (data, current_frame, inside_message, trafficStats): "
      "every frame through autobahn's reader and writer", autobahn_frames_ok),
+))
+HTTP2: Part = ("h2", (
     ("h2's connection state machine (H2Connection.state_machine): after the client's "
      "GOAWAY the streams open then are dropped, not answered", h2_goaway_ok),
-)
+))
+PROBES = CORE[1] + WEBSOCKETS[1] + HTTP2[1]
 
 
-def check() -> List[str]:
-    """Run every probe (once per process); warn of those that fail.  Their names."""
-    failed = [name for name, probe in PROBES if not probe()]
+def check(*parts: Part) -> List[str]:
+    """Run the probes of ``parts`` (all by default; each probe once per process); warn of
+    those that fail, with their libraries' versions.  Their names."""
+    failed: List[str] = []
+    versions: List[str] = []
+    for library, probes in parts or (CORE, WEBSOCKETS, HTTP2):
+        names = [name for name, probe in probes if not probe()]
+        if names:
+            failed += names
+            module = importlib.import_module(library)
+            versions.append("%s %s" % (library, getattr(module, "__version__", "?")))
     if failed:
-        import autobahn
-        import twisted
-        log.warn("on Twisted {twisted} and autobahn {autobahn}, private APIs are not as "
-                 "expected; falling back for: {failed}", twisted=twisted.__version__,
-                 autobahn=autobahn.__version__, failed="; ".join(failed))
+        log.warn("on {versions}, private APIs are not as expected; falling back for: "
+                 "{failed}", versions=" and ".join(versions), failed="; ".join(failed))
     return failed

@@ -11,7 +11,7 @@ import collections
 import signal
 import socket
 from time import monotonic
-from typing import Any, Callable, Counter, List, Optional, Set, Tuple, cast
+from typing import TYPE_CHECKING, Any, Callable, Counter, List, Optional, Set, Tuple, cast
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, task
@@ -29,12 +29,14 @@ from .config import Settings, split_endpoint
 from .context import ErrorStream, FileWrapper
 from .exchange import SERVER_SOFTWARE
 from .forwarded import Trusted
-from .http2 import H2Session, Negotiator
 from .logs import AccessLog, logger, nothing_to_reopen, on_sigusr1
 from .recycle import Watchdog
 from .session import _IDLE, HTTPSession
 from .websockets import Bridge
 from .worker import Handoff, WorkerPool
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .http2 import H2Session
 
 log = logger("yimmo.server")
 
@@ -85,12 +87,16 @@ class SessionFactory(Factory):
         self.server = server
         self.base_environ = base_environ
         self.negotiate = negotiate
+        if negotiate != HTTP1_ONLY:
+            # Here, not at the top: h2 is imported only by servers that may speak it.
+            from .http2 import Negotiator
+            self._negotiator = Negotiator
 
     def buildProtocol(self, addr) -> Protocol:
         self.server.connections += 1
         if self.negotiate == HTTP1_ONLY:
             return HTTPSession(self.server, self.base_environ)
-        return Negotiator(self.server, self.base_environ, self.negotiate == BY_ALPN)
+        return self._negotiator(self.server, self.base_environ, self.negotiate == BY_ALPN)
 
     def acceptableProtocols(self) -> List[bytes]:
         """For ALPN: Twisted's TLS asks the factory it wraps (this one) for the protocols
@@ -244,18 +250,21 @@ class Server(service.Service):
         self._deadline = 0.0  # of the drain, once stopping
         self.draining = False  # sessions that start now say Connection: close
 
+    def _negotiation(self, description: str) -> int:
+        """How the connections of an endpoint come to speak HTTP/2, if they may."""
+        s = self.settings
+        if s.http2:
+            if split_endpoint(description)[1].startswith("ssl:"):
+                return BY_ALPN
+            if s.http2_cleartext:
+                return BY_PREFACE
+        return HTTP1_ONLY
+
     def _factory(self, description: str) -> Factory[Any]:
         """The protocols of a connection: [PROXY wrapper,] [TLS,] session."""
         base = dict(self.base_environ, **{"wsgi.url_scheme": url_scheme(description)})
         proxied, inner = split_endpoint(description)
-        s = self.settings
-        negotiate = HTTP1_ONLY
-        if s.http2:
-            if inner.startswith("ssl:"):
-                negotiate = BY_ALPN
-            elif s.http2_cleartext:
-                negotiate = BY_PREFACE
-        factory: Factory[Any] = SessionFactory(self, base, negotiate)
+        factory: Factory[Any] = SessionFactory(self, base, self._negotiation(description))
         if inner.startswith("ssl:"):
             # The port is plain TCP (listening_endpoint): TLS goes on here.
             from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -292,7 +301,14 @@ class Server(service.Service):
         take_stop_signals(self.reactor, self.hurry,
                           (signal.SIGTERM,) if self.base_environ["wsgi.multiprocess"]
                           else (signal.SIGTERM, signal.SIGINT))
-        compat.check()
+        descriptions = ([d for _, _, d in self.adopted] if self.adopted is not None
+                        else self.settings.endpoints())
+        parts = [compat.CORE]
+        if any(self._negotiation(d) != HTTP1_ONLY for d in descriptions):
+            parts.append(compat.HTTP2)
+        compat.check(*parts)
+        if self.websockets.callbacks is not None:
+            self.websockets.factory()
         self.pool.start()
         self.pool.install(self.reactor)
         if self.access is not None:

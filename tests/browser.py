@@ -35,6 +35,9 @@ def page_text(page: str, wanted: str, args: Sequence[str] = (), timeout: float =
              "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
              "--user-data-dir=" + profile, "--remote-debugging-port=0", *args, "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            # Its singleton socket's folder goes in TMPDIR, which a killed browser leaves
+            # behind: in the profile, it goes with it.
+            env=dict(os.environ, TMPDIR=profile),
             start_new_session=True)  # its own process group: its helpers go with it
         try:
             return _log_text(_devtools_url(browser), page, wanted, timeout)

@@ -101,8 +101,8 @@ def test_a_client_not_reading_a_file_is_closed(serve, tmp_path):
 
 
 def test_a_client_reading_slowly_gets_the_whole_response(serve):
-    size = 4 << 20
-    server = serve("apps:big", "-t", "1", "--send-timeout", "1", "--access-log", "off")
+    size = 1 << 20
+    server = serve("apps:big", "-t", "1", "--send-timeout", "0.5", "--access-log", "off")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     sock.connect(("127.0.0.1", server.port))
@@ -113,16 +113,16 @@ def test_a_client_reading_slowly_gets_the_whole_response(serve):
         sock.settimeout(5)
         started = time.monotonic()
         while not done.is_set():
-            data = sock.recv(256 << 10)  # a quarter MiB five times a second: ~3 s in all
+            data = sock.recv(64 << 10)  # 64 KiB ten times a second: ~1.6 s in all
             if not data:
                 break
             got += data
             head, _, body = bytes(got).partition(b"\r\n\r\n")
             if len(body) >= size:
                 done.set()
-            time.sleep(0.2)
+            time.sleep(0.1)
         assert done.is_set(), "the response was cut short (%d bytes)" % len(got)
-        assert time.monotonic() - started > 1.5  # slower than send_timeout, in all
+        assert time.monotonic() - started > 1.0  # twice send_timeout, in all
         assert "has read nothing" not in server.output()
     finally:
         sock.close()

@@ -134,8 +134,12 @@ def test_rename_then_sigusr1_loses_no_line(serve, tmp_path):
                                                   len(everything)))
     old, new = targets(rotated), targets(path)
     assert sorted(old + new) == sorted(everything)
-    assert old[:20] == everything[:20] and all(t.startswith("/during/") for t in old[20:])
-    assert new[-20:] == everything[-20:]
+    # A worker formats a line after the response has left (its duration ends there): with
+    # two workers, the next request's line may come first.  So the lines of each phase
+    # are compared as sets; the phases themselves are in order.
+    assert sorted(old[:20]) == sorted(everything[:20])
+    assert all(t.startswith("/during/") for t in old[20:])
+    assert sorted(new[-20:]) == sorted(everything[-20:])
     assert any(t.startswith("/during/") for t in new)  # the load went on across the reopen
 
 

@@ -474,15 +474,28 @@ def measured_wrk(server: Server, script: Optional[str], args) -> Dict[str, objec
     the group leader's main thread alone (a one-process yimmo's reactor: the rest is its
     workers')."""
     pid = server.proc.pid  # the group's id is the leader's pid (new session)
-    cpu, main = cpu_seconds(pid), thread_seconds(pid)
+    cpu, main, machine = cpu_seconds(pid), thread_seconds(pid), machine_ticks()
     out = wrk(server.port, script, args.duration, args)
     cpu, main = cpu_seconds(pid) - cpu, thread_seconds(pid) - main
+    busy, idle = (after - before for after, before in zip(machine_ticks(), machine))
     result = parse_wrk(out)
     result["wrk"] = out
     requests = result["requests"]
     result["cpu_us"] = 1e6 * cpu / requests if requests else None
     result["main_us"] = 1e6 * main / requests if requests else None
+    # The cores left idle over the run (wrk's and everything else's time counts as busy):
+    # a server that leaves some while its clients wait is bound by something else than
+    # the machine (its own threads' serialisation, a lock, a timer).
+    result["idle_cores"] = os.cpu_count() * idle / (busy + idle) if busy + idle else None
     return result
+
+
+def machine_ticks() -> Tuple[int, int]:
+    """The machine's busy and idle ticks so far, all cores (/proc/stat's first line)."""
+    with open("/proc/stat") as f:
+        ticks = [int(t) for t in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return sum(ticks[:8]) - idle, idle  # user nice system idle iowait irq softirq steal
 
 
 def run_wrk(server: Server, script: Optional[str], args, row: Dict[str, object]) -> None:
@@ -978,7 +991,7 @@ def print_table(scenario: str, rows: List[Dict[str, object]], skipped: List[str]
 
 
 WRK_COLUMNS = [("req/s", "---:"), ("server CPU µs/req", "---:"),
-               ("of it, main thread", "---:"), ("p99 ms", "---:"),
+               ("of it, main thread", "---:"), ("cores idle", "---:"), ("p99 ms", "---:"),
                ("errors", "---"), ("yimmo/peer", "---"), ("server/ceiling", "---")]
 
 
@@ -994,9 +1007,10 @@ def ceiling_ratio(rows: List[Dict[str, object]], row: Dict[str, object]) -> str:
 
 
 def wrk_cells(rows: List[Dict[str, object]], row: Dict[str, object]) -> List[str]:
+    idle = row.get("idle_cores")
     return ["%.0f" % row["rps"], cpu_text(row.get("cpu_us")), cpu_text(row.get("main_us")),
-            p99_text(row.get("p99_ms")), cell(errors_text(row)), ratio(rows, row),
-            ceiling_ratio(rows, row)]
+            "n/a" if idle is None else "%.2f" % idle, p99_text(row.get("p99_ms")),
+            cell(errors_text(row)), ratio(rows, row), ceiling_ratio(rows, row)]
 
 
 DOWNLOAD_COLUMNS = [("best s", "---:"), ("median s", "---:"), ("MB/s (best)", "---:"),

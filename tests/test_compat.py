@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import struct
 from functools import partial
 
 import pytest
@@ -16,10 +17,12 @@ from twisted.internet import abstract, asyncioreactor, epollreactor, pollreactor
 from twisted.internet import defer, endpoints, tcp, unix
 from twisted.internet.address import IPv4Address
 from twisted.internet.base import ReactorBase
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.protocols.policies import ProtocolWrapper
+from zope.interface import implementer
 
 from test_listening import PROXY_HEADERS, _backlogs
 from yimmo_twisted import compat
@@ -536,6 +539,115 @@ def test_plain_poll_dispatches_reads_and_errors_as_dopoll_does(epoll):
     finally:
         for s in (a, b, c, d):
             s.close()
+
+
+class _Recorder(Protocol):
+    """What a TCP connection's protocol is told, in order; it raises when told to."""
+
+    def __init__(self, events, fail=False):
+        self.events = events
+        self.fail = fail
+
+    def dataReceived(self, data):
+        self.events.append(("data", data))
+        if self.fail:
+            raise RuntimeError("the protocol's own bug")
+
+    def readConnectionLost(self):
+        self.events.append(("read lost",))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.events.append(("lost", reason.type.__name__))
+
+
+@implementer(IHalfCloseableProtocol)
+class _HalfCloser(_Recorder):
+    pass
+
+
+def _tcp_pair():
+    """Two connected TCP sockets on 127.0.0.1 (a reset needs TCP, not a socket pair)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        b = socket.create_connection(listener.getsockname())
+        a, _ = listener.accept()
+    return a, b
+
+
+class _FailingRecv:
+    """A socket whose reads fail as a reset connection's do."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def __getattr__(self, name):  # the rest (fileno, shutdown, close) is the socket's
+        return getattr(self.sock, name)
+
+    def recv(self, size):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+@pytest.mark.parametrize("case", ["data", "end", "half-close", "reset", "recv-fails",
+                                  "raises"])
+def test_plain_poll_reads_tcp_connections_as_twisteds_doread_does(epoll, case):
+    # The same connection and peer, read by plain_poll's reading and by the reactor's own
+    # doPoll: the protocol is told the same things, and the connection ends the same way.
+    told = {}
+
+    def observe(event):
+        failure = event.get("log_failure") or event.get("failure")
+        if failure is not None:
+            errors.append(failure.getErrorMessage())
+
+    for name, poll in (("plain", compat.plain_poll(epoll)), ("twisted", epoll.doPoll)):
+        assert poll is not None
+        events: list = []
+        errors: list = []
+        a, b = _tcp_pair()
+        a.setblocking(False)
+        protocol = (_HalfCloser if case == "half-close" else _Recorder)(
+            events, fail=case == "raises")
+        conn = tcp.Connection(a, protocol, epoll)
+        if case == "recv-fails":
+            conn.socket = _FailingRecv(a)
+        conn.connected = True
+        protocol.makeConnection(conn)
+        conn.startReading()
+        globalLogPublisher.addObserver(observe)
+        try:
+            b.send(b"ping")
+            if case in ("end", "half-close"):
+                b.shutdown(socket.SHUT_WR)
+            elif case == "reset":
+                poll(1.0)
+                b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                b.close()  # with a zero linger: a reset
+            for _ in range(3):
+                poll(0.2)
+        finally:
+            globalLogPublisher.removeObserver(observe)
+            reading = conn in epoll.getReaders()
+            if reading:
+                conn.stopReading()
+            a.close()
+            b.close()
+        told[name] = (events, errors, reading)
+    assert told["plain"] == told["twisted"]
+    events, errors, reading = told["plain"]
+    if case == "recv-fails":
+        assert events == [("lost", "ConnectionLost")] and not reading
+        return
+    assert events[0] == ("data", b"ping")
+    if case == "data":
+        assert events == [("data", b"ping")] and reading
+    if case == "raises":
+        assert errors == ["the protocol's own bug"] and events[-1] == ("lost", "RuntimeError")
+    if case == "end":
+        assert events[-1] == ("lost", "ConnectionDone")
+    if case == "half-close":
+        assert ("read lost",) in events
+    if case == "reset":
+        assert events[-1] == ("lost", "ConnectionLost")
 
 
 def test_plain_poll_only_for_the_epoll_reactor_as_twisted_wrote_it(epoll):

@@ -25,8 +25,9 @@ used, if that is later) and logs one warning naming what fell back.
 * ``runs_do_iteration``: whether a reactor's loop calls ``doIteration``, the hook of the
   worker pool (worker.WorkerPool.install; checked per reactor, when the pool installs).
 * ``plain_poll``: the epoll reactor's ``doPoll`` without the log context it sets around
-  each event (its ``_poller``, ``_selectables``, ``_doReadOrWrite``; checked per reactor,
-  when the pool installs).
+  each event, reading TCP connections as their doRead does (its ``_poller``,
+  ``_selectables``, ``_doReadOrWrite``, ``_disconnectSelectable``, tcp.Connection's
+  ``socket`` and ``bufferSize``; checked per reactor, when the pool installs).
 * ``listen_arguments``, ``ssl_context_factory``: how an endpoint listens (its port,
   backlog, TLS context...), by public API alone.
 * ``h2_open_after_goaway``: h2's connection state machine (``state_machine``), one that
@@ -38,15 +39,18 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import select
 import socket
+import sys
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, cast
 
-from twisted.internet import defer, endpoints, tcp, unix
+from twisted.internet import defer, endpoints, main, tcp, unix
 from twisted.internet.base import ReactorBase
 from twisted.internet.interfaces import IPullProducer, IStreamServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.haproxy import proxyEndpoint
+from twisted.python import log as twisted_log
 from zope.interface import implementer
 
 from .logs import logger
@@ -74,7 +78,7 @@ def _no_reactor() -> Any:
 def direct_write_ok() -> bool:
     """
     tcp.Connection has the buffers ``write_direct`` tests, ``transport.write`` fills
-    them, and ``writeSomeData`` sends at once.
+    them, and its ``socket`` is the connection's.
     """
     a, b = socket.socketpair()
     b.setblocking(False)
@@ -82,7 +86,8 @@ def direct_write_ok() -> bool:
         conn = tcp.Connection(a, Protocol(), _no_reactor())
         conn.connected = True
         if not (conn._tempDataBuffer == [] and conn.dataBuffer == b"" and conn.offset == 0
-                and conn._writeDisconnecting is False and not conn.disconnecting):
+                and conn._writeDisconnecting is False and not conn.disconnecting
+                and conn.socket is a):
             return False
         if conn.writeSomeData(b"probe") != 5 or b.recv(16) != b"probe":
             return False
@@ -107,10 +112,14 @@ def write_direct(transport: tcp.Connection, data: bytes) -> None:
             or t._writeDisconnecting or not t.connected):
         t.write(data)
         return
-    sent = t.writeSomeData(data)
-    if type(sent) is not int:
-        t.write(data)  # an error: let the transport find and report it
-    elif sent < len(data):
+    # The socket's own send, not writeSomeData: its slice and its retry on EINTR (which
+    # Python does itself since 3.5) cost more than a small response's send.
+    try:
+        sent = t.socket.send(data)
+    except OSError:
+        t.write(data)  # EAGAIN, or an error: let the transport find and report it
+        return
+    if sent < len(data):
         t.write(data[sent:])
 
 
@@ -638,6 +647,10 @@ def plain_poll(reactor) -> Optional[Callable[[Optional[float]], None]]:
     this server's log lines name their namespace.  Errors are handled where they were:
     ``_doReadOrWrite`` logs what a protocol raises and drops its connection; anything it
     lets out reaches the main loop's handler, which logs it and goes on.
+
+    A TCP connection that is only readable (most events under load) is read here, as
+    tcp.Connection's doRead reads it, and dropped as _doReadOrWrite drops it
+    (``_disconnectSelectable``): three Python calls and their checks fewer per read.
     """
     try:
         from twisted.internet.epollreactor import EPollReactor
@@ -655,7 +668,12 @@ def plain_poll(reactor) -> Optional[Callable[[Optional[float]], None]]:
     if not (callable(poll) and type(selectables) is dict):
         return None
     dispatch = reactor._doReadOrWrite
+    disconnect = getattr(reactor, "_disconnectSelectable", None)
+    if not (callable(disconnect) and _connection_read_ok()):
+        return None
     get = selectables.get
+    READ = select.EPOLLIN
+    recv_types: Dict[type, bool] = {}
 
     def doPoll(timeout: Optional[float]) -> None:
         try:
@@ -666,10 +684,54 @@ def plain_poll(reactor) -> Optional[Callable[[Optional[float]], None]]:
             raise
         for fd, event in events:
             selectable = get(fd)
-            if selectable is not None:
-                dispatch(selectable, fd, event)
+            if selectable is None:
+                continue
+            if event == READ:
+                plain = recv_types.get(type(selectable))
+                if plain is None:
+                    plain = recv_types[type(selectable)] = _reads_plainly(type(selectable))
+                if plain:
+                    # A TCP connection with data to read: what _doReadOrWrite, doRead and
+                    # _dataReceived do for it, without their three calls and checks.
+                    try:
+                        data = selectable.socket.recv(selectable.bufferSize)
+                    except OSError as e:
+                        if e.errno != errno.EAGAIN:
+                            disconnect(selectable, main.CONNECTION_LOST, True)
+                        continue
+                    if not data:
+                        disconnect(selectable, main.CONNECTION_DONE, True)
+                        continue
+                    try:
+                        selectable.protocol.dataReceived(data)
+                    except BaseException:
+                        twisted_log.err()
+                        disconnect(selectable, sys.exc_info()[1], False)
+                    continue
+            dispatch(selectable, fd, event)
 
     return doPoll
+
+
+def _reads_plainly(cls: type) -> bool:
+    """Connections of ``cls`` read as tcp.Connection does (their doRead is its own)."""
+    return (issubclass(cls, tcp.Connection) and cls.doRead is tcp.Connection.doRead
+            and cls._dataReceived is tcp.Connection._dataReceived)
+
+
+@lru_cache(maxsize=None)
+def _connection_read_ok() -> bool:
+    """
+    tcp.Connection's doRead is the one plain_poll's reading stands for: recv of
+    ``bufferSize`` bytes from ``socket``, EWOULDBLOCK as nothing to read, any other error
+    as the connection lost, no data as its end, else the protocol's dataReceived.
+    """
+    read = tcp.Connection.doRead.__code__
+    received = tcp.Connection._dataReceived.__code__
+    return ({"socket", "recv", "bufferSize", "EWOULDBLOCK", "CONNECTION_LOST",
+             "_dataReceived"} <= set(read.co_names)
+            and {"CONNECTION_DONE", "protocol", "dataReceived"} <= set(received.co_names)
+            and errno.EWOULDBLOCK == errno.EAGAIN)
 
 
 # -- how an endpoint listens -------------------------------------------------------------

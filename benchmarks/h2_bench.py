@@ -219,9 +219,9 @@ def run_h2load(server: Server, tls: TLS, args, folder: str) -> Dict[str, Any]:
         try:
             started = time.monotonic()  # h2load's clients connect at once, then warm up
             sleep_until(started + args.warmup)
-            cpu, main = cpu_seconds(pid), thread_seconds(pid)
+            cpu, main = cpu_seconds(pid), sum(thread_seconds(pid))
             sleep_until(started + args.warmup + args.duration)
-            cpu, main = cpu_seconds(pid) - cpu, thread_seconds(pid) - main
+            cpu, main = cpu_seconds(pid) - cpu, sum(thread_seconds(pid)) - main
             proc.wait(H2LOAD_GRACE)
         except subprocess.TimeoutExpired:
             raise RuntimeError("h2load did not end %d s after its duration"

@@ -476,13 +476,16 @@ def measured_wrk(server: Server, script: Optional[str], args) -> Dict[str, objec
     pid = server.proc.pid  # the group's id is the leader's pid (new session)
     cpu, main, machine = cpu_seconds(pid), thread_seconds(pid), machine_ticks()
     out = wrk(server.port, script, args.duration, args)
-    cpu, main = cpu_seconds(pid) - cpu, thread_seconds(pid) - main
+    cpu = cpu_seconds(pid) - cpu
+    main_user, main_system = (b - a for a, b in zip(main, thread_seconds(pid)))
     busy, idle = (after - before for after, before in zip(machine_ticks(), machine))
     result = parse_wrk(out)
     result["wrk"] = out
     requests = result["requests"]
     result["cpu_us"] = 1e6 * cpu / requests if requests else None
-    result["main_us"] = 1e6 * main / requests if requests else None
+    result["main_us"] = 1e6 * (main_user + main_system) / requests if requests else None
+    # Of the main thread's: the kernel's (its syscalls), in the JSON and the progress line.
+    result["main_system_us"] = 1e6 * main_system / requests if requests else None
     # The cores left idle over the run (wrk's and everything else's time counts as busy):
     # a server that leaves some while its clients wait is bound by something else than
     # the machine (its own threads' serialisation, a lock, a timer).
@@ -516,8 +519,10 @@ def cpu_text(value: Optional[float]) -> str:
 
 
 def wrk_summary(row: Dict[str, object]) -> str:
-    return "%.0f req/s, %s us CPU/req, p99 %.2f ms, errors %s" % (
-        row["rps"], cpu_text(row.get("cpu_us")), row["p99_ms"] or 0.0, errors_text(row))
+    return ("%.0f req/s, %s us CPU/req (main thread %s, of it system %s), p99 %.2f ms, "
+            "errors %s" % (row["rps"], cpu_text(row.get("cpu_us")),
+                           cpu_text(row.get("main_us")), cpu_text(row.get("main_system_us")),
+                           row["p99_ms"] or 0.0, errors_text(row)))
 
 
 # --- the file scenarios: clients of this script ------------------------------------------
@@ -599,10 +604,13 @@ def cpu_seconds(group: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def thread_seconds(pid: int) -> float:
+def thread_seconds(pid: int) -> Tuple[float, float]:
     """User and system CPU time so far of the main thread of process ``pid``."""
     fields = stat_fields("/proc/%d/task/%d/stat" % (pid, pid))
-    return 0.0 if fields is None else cpu_ticks(fields) / os.sysconf("SC_CLK_TCK")
+    if fields is None:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime
 
 
 def rss_kib(group: int) -> int:

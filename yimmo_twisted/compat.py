@@ -669,10 +669,9 @@ def plain_poll(reactor) -> Optional[Callable[[Optional[float]], None]]:
         return None
     dispatch = reactor._doReadOrWrite
     disconnect = getattr(reactor, "_disconnectSelectable", None)
-    if not (callable(disconnect) and _connection_read_ok()):
-        return None
+    # Else every event goes through _doReadOrWrite.
+    READ = select.EPOLLIN if callable(disconnect) and _connection_read_ok() else -1
     get = selectables.get
-    READ = select.EPOLLIN
     recv_types: Dict[type, bool] = {}
 
     def doPoll(timeout: Optional[float]) -> None:

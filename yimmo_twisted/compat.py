@@ -668,9 +668,10 @@ def plain_poll(reactor) -> Optional[Callable[[Optional[float]], None]]:
     if not (callable(poll) and type(selectables) is dict):
         return None
     dispatch = reactor._doReadOrWrite
-    disconnect = getattr(reactor, "_disconnectSelectable", None)
-    # Else every event goes through _doReadOrWrite.
-    READ = select.EPOLLIN if callable(disconnect) and _connection_read_ok() else -1
+    found = getattr(reactor, "_disconnectSelectable", None)
+    # Without it, or with another doRead, every event goes through _doReadOrWrite.
+    READ = select.EPOLLIN if callable(found) and _connection_read_ok() else -1
+    disconnect = cast(Callable[..., None], found)
     get = selectables.get
     recv_types: Dict[type, bool] = {}
 

@@ -863,8 +863,7 @@ def h2_open_after_goaway(conn: Any) -> None:
 # What each part of the server relies on: its library and its probes.  The core's run at
 # every start-up; the WebSocket bridge's and HTTP/2's at start-up when the app or the
 # settings use that part, else when it is first used: a server without it does not import
-# its library (autobahn, with Twisted's TLS and the crypto libraries, is a third of the
-# server's start-up time).
+# its library (autobahn and h2 were a third of a server's start-up time).
 Part = Tuple[str, Tuple[Tuple[str, Callable[[], bool]], ...]]
 CORE: Part = ("twisted", (
     ("direct writes to TCP sockets (tcp.Connection buffers): transport.write instead",

@@ -4,8 +4,9 @@ the handshake and does the framing; whole, unfragmented, uncompressed text and b
 frames are read and written here, with autobahn's checks.
 
 Imported when the first WebSocket is made, or at start-up when the application has
-registered its callbacks: autobahn (with Twisted's TLS and its crypto libraries) is a
-third of the server's start-up time, which apps without WebSockets do not pay.
+registered its callbacks: autobahn with what it imports (its WAMP modules, txaio, its
+NVX extension), and h2, were together a third of a server's start-up time and a fifth of
+its memory, which apps without them do not pay (benchmarks/startup.py).
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ def _unmask(payload: bytes, mask: bytes) -> bytes:
         return (int.from_bytes(payload, "little")
                 ^ int.from_bytes(key, "little")).to_bytes(n, "little")
     return create_xor_masker(mask, n).process(payload)
-
 
 
 class WebSocketProtocol(WebSocketServerProtocol):

@@ -26,7 +26,7 @@ import json
 import socket
 import time
 from collections import deque
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import pytest
 from h2.errors import ErrorCodes
@@ -233,6 +233,13 @@ class H2Connection:
     def _stream(self) -> Stream:
         return self.client.streams[self.sid]
 
+    def _read_until(self, stream: Stream, done: Callable[[], bool], deadline: float) -> None:
+        """Read until ``done()``; Reset if ``stream`` is reset first."""
+        while not done():
+            if stream.reset is not None:
+                raise Reset(stream)
+            self._read(deadline)
+
     @staticmethod
     def _fields(fields) -> Tuple[int, List[Tuple[str, str]]]:
         status = int(dict(fields)[b":status"])
@@ -265,12 +272,8 @@ class H2Connection:
 
     def read_head(self, timeout: Optional[float] = None):
         """(version, status, reason, headers, raw) of the oldest unanswered stream."""
-        deadline = self._deadline(timeout)
         stream = self._stream()
-        while not stream.headers:
-            if stream.reset is not None:
-                raise Reset(stream)
-            self._read(deadline)
+        self._read_until(stream, lambda: bool(stream.headers), self._deadline(timeout))
         self.head_read[self.sid] = True
         status, headers = self._fields(stream.headers)
         return "HTTP/2", status, "", headers, _render(status, headers)
@@ -283,10 +286,8 @@ class H2Connection:
 
     def _wait_data(self, n: int, deadline: float) -> None:
         stream = self._stream()
-        while len(stream.data) - self.data_read.get(self.sid, 0) < n and not stream.ended:
-            if stream.reset is not None:
-                raise Reset(stream)
-            self._read(deadline)
+        self._read_until(stream, lambda: stream.ended or (
+            len(stream.data) - self.data_read.get(self.sid, 0) >= n), deadline)
 
     def read_some(self, timeout: Optional[float] = None) -> bytes:
         """The data received and not read yet, or the next data (b"" at the stream's end)."""
@@ -305,12 +306,8 @@ class H2Connection:
 
     def read_until_close(self, timeout: Optional[float] = None) -> bytes:
         """The rest of the data, until the stream ends."""
-        deadline = self._deadline(timeout)
         stream = self._stream()
-        while not stream.ended:
-            if stream.reset is not None:
-                raise Reset(stream)
-            self._read(deadline)
+        self._read_until(stream, lambda: stream.ended, self._deadline(timeout))
         return self._unread()
 
     def read_available(self, wait: float = 0.2) -> bytes:

@@ -26,14 +26,11 @@ import time
 from typing import Dict, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HOST = "127.0.0.1"
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)  # run.py beside this file (benchmarks/ is no package)
+from run import HOST, free_port, rss_kib  # noqa: E402
+
 ANSWER_WITHIN = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def answered(port: int) -> bool:
@@ -43,14 +40,6 @@ def answered(port: int) -> bool:
             return s.recv(64).startswith(b"HTTP/1.1 200")
     except OSError:
         return False
-
-
-def resident_kib(pid: int) -> int:
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def start_once(checkout: str, app: str) -> Tuple[float, int]:
@@ -73,7 +62,7 @@ def start_once(checkout: str, app: str) -> Tuple[float, int]:
             if time.perf_counter() - started > ANSWER_WITHIN:
                 raise RuntimeError("%s: no answer within %g s" % (checkout, ANSWER_WITHIN))
             time.sleep(0.005)
-        return time.perf_counter() - started, resident_kib(proc.pid)
+        return time.perf_counter() - started, rss_kib(proc.pid)  # its own group
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -325,7 +325,7 @@ class Server(service.Service):
                 compat.one_accept_per_wake_up(port)
                 self.ports.append(port)
         else:
-            for description in self.settings.endpoints():
+            for description in descriptions:
                 endpoint = listening_endpoint(self.reactor, description)
                 port = yield endpoint.listen(self._factory(description))
                 if from_systemd(description):
